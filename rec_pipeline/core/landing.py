@@ -1,0 +1,203 @@
+"""Land one event file into the warehouse as one batch, in one transaction, exactly once.
+
+For every file: rows read = landed + duplicates + rejected, checked before commit and enforced by a
+CHECK constraint on `ingested_files`. A file whose bytes were landed before (same sha256) changes
+nothing. A file that cannot be read at all is recorded as failed with its reason, and nothing of it
+is written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import zlib
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+
+from rec_pipeline.core.contract import EventContract
+from rec_pipeline.core.normalize import contract_parameters, normalize_sql
+from rec_pipeline.core.sources import UnsupportedFormatError, detect_format, source_relations
+from rec_pipeline.core.warehouse import Warehouse
+
+# Errors that mean "this file cannot be read"; anything else is a bug and propagates.
+UNREADABLE_FILE_ERRORS = (
+    duckdb.IOException,
+    duckdb.InvalidInputException,
+    duckdb.ConversionException,
+    UnsupportedFormatError,
+    EOFError,
+    gzip.BadGzipFile,
+    zlib.error,
+    OSError,
+)
+
+_EVENT_FIELDS = "event_id, user_id, item_id, event_type, ts, value, session_id, context"
+
+
+@dataclass(frozen=True)
+class LandingReport:
+    batch_id: str
+    path: str
+    status: Literal["landed", "already_landed", "failed"]
+    read: int = 0
+    landed: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    reason: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class AccountingError(AssertionError):
+    """read != landed + duplicates + rejected: the batch is rolled back."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(8 * 1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def batch_id_for(sha256: str) -> str:
+    return f"b-{sha256[:16]}"
+
+
+def land_file(
+    warehouse: Warehouse,
+    path: Path,
+    contract: EventContract = EventContract(),
+    now: datetime | None = None,
+) -> LandingReport:
+    path = Path(path).absolute()
+    sha256 = file_sha256(path)
+    batch_id = batch_id_for(sha256)
+    now = now or datetime.now(timezone.utc)
+    with warehouse.connect() as con:
+        previous = _previous_landing(con, batch_id)
+        if previous is not None:
+            return previous
+        try:
+            detect_format(path)
+            counts = _land_in_transaction(con, path, batch_id, sha256, contract, now)
+        except UNREADABLE_FILE_ERRORS as error:
+            reason = _one_line(error)
+            _record_failure(con, path, batch_id, sha256, reason, now)
+            return LandingReport(batch_id, str(path), "failed", reason=reason)
+    return LandingReport(batch_id, str(path), "landed", *counts)
+
+
+def _previous_landing(con: duckdb.DuckDBPyConnection, batch_id: str) -> LandingReport | None:
+    row = con.execute(
+        "SELECT path, rows_read, rows_landed + rows_duplicate, rows_rejected FROM ingested_files"
+        " WHERE batch_id = ? AND status = 'landed'",
+        [batch_id],
+    ).fetchone()
+    if row is None:
+        return None
+    path, read, already_there, rejected = row
+    return LandingReport(batch_id, path, "already_landed", read, 0, already_there, rejected)
+
+
+def _land_in_transaction(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    batch_id: str,
+    sha256: str,
+    contract: EventContract,
+    now: datetime,
+) -> tuple[int, int, int, int]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _stage_rows(con, path, contract, now)
+        rejected = _insert_rejects(con, batch_id, path)
+        landed = _insert_new_events(con, batch_id)
+        read = con.execute("SELECT count(*) FROM batch_rows").fetchone()[0]
+        duplicates = read - landed - rejected
+        if duplicates < 0:
+            raise AccountingError(f"{path}: read {read} < landed {landed} + rejected {rejected}")
+        con.execute("DELETE FROM ingested_files WHERE batch_id = ?", [batch_id])
+        con.execute(
+            "INSERT INTO ingested_files (batch_id, sha256, path, file_format, size_bytes, status,"
+            " rows_read, rows_landed, rows_duplicate, rows_rejected, landed_at)"
+            " VALUES (?, ?, ?, ?, ?, 'landed', ?, ?, ?, ?, ?)",
+            [batch_id, sha256, str(path), detect_format(path), path.stat().st_size,
+             read, landed, duplicates, rejected, now],
+        )
+        con.execute("DROP TABLE batch_rows")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return read, landed, duplicates, rejected
+
+
+def _stage_rows(con: duckdb.DuckDBPyConnection, path: Path, contract: EventContract, now: datetime) -> None:
+    parameters = contract_parameters(contract, now)
+    con.execute("DROP TABLE IF EXISTS batch_rows")
+    for index, source_sql in enumerate(source_relations(con, path)):
+        verb = "CREATE TEMP TABLE batch_rows AS" if index == 0 else "INSERT INTO batch_rows"
+        con.execute(f"{verb} {normalize_sql(source_sql)}", parameters)
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'batch_rows'").fetchone()[0] == 0:
+        con.execute(f"CREATE TEMP TABLE batch_rows AS {normalize_sql(_EMPTY_SOURCE)}", parameters)
+
+
+_EMPTY_SOURCE = (
+    "SELECT NULL::BIGINT AS source_row, NULL::VARCHAR AS raw, NULL::VARCHAR AS parse_error, "
+    + ", ".join(f"NULL::VARCHAR AS {f}" for f in _EVENT_FIELDS.split(", "))
+    + " WHERE false"
+)
+
+
+def _insert_rejects(con: duckdb.DuckDBPyConnection, batch_id: str, path: Path) -> int:
+    return con.execute(
+        f"""INSERT INTO events_rejected
+            SELECT $batch_id, $path, source_row,
+                   coalesce(raw, to_json(struct_pack(event_id, user_id, item_id, event_type, ts, value,
+                                                     session_id, context))::VARCHAR),
+                   reason, {_EVENT_FIELDS}
+            FROM batch_rows WHERE reason IS NOT NULL""",
+        {"batch_id": batch_id, "path": str(path)},
+    ).fetchone()[0]
+
+
+def _insert_new_events(con: duckdb.DuckDBPyConnection, batch_id: str) -> int:
+    """First occurrence of each event_id in the file, and only if the warehouse lacks it."""
+    return con.execute(
+        f"""INSERT INTO events
+            SELECT {_EVENT_FIELDS}, $batch_id, source_row
+            FROM batch_rows b
+            WHERE reason IS NULL
+              AND NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = b.event_id)
+            QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY source_row) = 1""",
+        {"batch_id": batch_id},
+    ).fetchone()[0]
+
+
+def _record_failure(
+    con: duckdb.DuckDBPyConnection, path: Path, batch_id: str, sha256: str, reason: str, now: datetime
+) -> None:
+    con.execute("DELETE FROM ingested_files WHERE batch_id = ?", [batch_id])
+    con.execute(
+        "INSERT INTO ingested_files (batch_id, sha256, path, file_format, size_bytes, status, reason,"
+        " quality_status, landed_at) VALUES (?, ?, ?, ?, ?, 'failed', ?, 'failed', ?)",
+        [batch_id, sha256, str(path), _format_or_none(path), path.stat().st_size, reason, now],
+    )
+
+
+def _format_or_none(path: Path) -> str | None:
+    try:
+        return detect_format(path)
+    except UnsupportedFormatError:
+        return None
+
+
+def _one_line(error: BaseException) -> str:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{type(error).__name__}: {first}"[:500]

@@ -1,0 +1,95 @@
+"""The event contract as one SQL query: raw text fields in, typed events and a reject reason out.
+
+Every rule of DESIGN.md's contract is a clause of `reason`; a row with no reason lands. A row that
+could not be parsed carries its parse error; any other row lists every rule it breaks, so one look
+at `events_rejected` says everything wrong with it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rec_pipeline.core.contract import EventContract
+
+# Epoch numbers at or above this are milliseconds: 1e11 seconds is the year 5138, 1e11 ms is 1973.
+EPOCH_MILLIS_FROM = 1e11
+
+NORMALIZED_COLUMNS = (
+    "source_row", "raw", "event_id", "user_id", "item_id", "event_type", "ts", "value",
+    "session_id", "context", "reason",
+)
+
+
+def normalize_sql(source_sql: str) -> str:
+    """SELECT of NORMALIZED_COLUMNS over `source_sql`; bind with `contract_parameters`."""
+    return f"""
+WITH trimmed AS (
+    SELECT source_row, raw, parse_error,
+           nullif(trim(event_id), '') AS event_id,
+           nullif(trim(user_id), '') AS user_id,
+           nullif(trim(item_id), '') AS item_id,
+           lower(nullif(trim(event_type), '')) AS event_type,
+           nullif(trim(ts), '') AS ts_text,
+           nullif(trim(value), '') AS value_text,
+           nullif(trim(session_id), '') AS session_id,
+           nullif(context, '') AS context
+    FROM ({source_sql})
+), typed AS (
+    SELECT *,
+           CASE WHEN regexp_full_match(ts_text, '[+-]?[0-9]+(\\.[0-9]+)?')
+                THEN TRY(to_timestamp(CASE WHEN abs(ts_text::DOUBLE) >= {EPOCH_MILLIS_FROM}
+                                           THEN ts_text::DOUBLE / 1000 ELSE ts_text::DOUBLE END))
+                ELSE TRY_CAST(ts_text AS TIMESTAMPTZ)
+           END AS ts,
+           TRY_CAST(value_text AS DOUBLE) AS value
+    FROM trimmed
+)
+SELECT source_row, raw,
+       coalesce(event_id, 'h-' || md5(concat_ws(chr(31), user_id, item_id, event_type,
+                epoch_us(ts)::VARCHAR, value::VARCHAR, session_id))) AS event_id,
+       user_id, item_id, event_type, ts, value, session_id, context,
+       coalesce(parse_error, nullif(concat_ws('; ',
+           {_id_rule("user_id", required=True)},
+           {_id_rule("item_id", required=True)},
+           {_id_rule("event_id", required=False)},
+           {_id_rule("session_id", required=False)},
+           CASE WHEN event_type IS NULL THEN 'missing event_type'
+                WHEN NOT list_contains($event_types, event_type)
+                THEN 'unknown event_type ' || left(event_type, 40) END,
+           CASE WHEN ts_text IS NULL THEN 'missing ts'
+                WHEN ts IS NULL THEN 'unparseable ts ' || left(ts_text, 40)
+                WHEN ts < $earliest_ts OR ts > $latest_ts
+                THEN 'ts ' || strftime(ts, '%Y-%m-%dT%H:%M:%SZ') || ' outside '
+                     || strftime($earliest_ts, '%Y-%m-%d') || '..' || strftime($latest_ts, '%Y-%m-%d') END,
+           CASE WHEN value_text IS NOT NULL AND value IS NULL THEN 'value is not a number'
+                WHEN isnan(value) OR isinf(value) THEN 'value is not finite'
+                WHEN event_type = 'rating' AND value IS NULL THEN 'rating without value'
+                WHEN event_type = 'rating' AND NOT value BETWEEN $rating_min AND $rating_max
+                THEN 'rating ' || value || ' outside ' || $rating_min || '..' || $rating_max
+                WHEN value < 0 THEN 'negative value'
+                WHEN value > $value_max THEN 'value above ' || $value_max END,
+           CASE WHEN length(context) > $max_text_length
+                THEN 'context longer than ' || $max_text_length || ' characters' END
+       ), '')) AS reason
+FROM typed"""
+
+
+def _id_rule(column: str, *, required: bool) -> str:
+    missing = f"WHEN {column} IS NULL THEN 'missing {column}'" if required else ""
+    return (
+        f"CASE {missing} WHEN length({column}) > $max_id_length "
+        f"THEN '{column} longer than ' || $max_id_length || ' characters' END"
+    )
+
+
+def contract_parameters(contract: EventContract, now: datetime | None = None) -> dict:
+    return {
+        "event_types": list(contract.event_types),
+        "earliest_ts": contract.earliest_ts,
+        "latest_ts": contract.latest_ts(now),
+        "rating_min": contract.rating_min,
+        "rating_max": contract.rating_max,
+        "value_max": contract.value_max,
+        "max_id_length": contract.max_id_length,
+        "max_text_length": contract.max_text_length,
+    }

@@ -1,0 +1,109 @@
+"""The pipeline-owned DuckDB file: short-lived connections, lock retries, versioned migrations.
+
+DuckDB allows one writing process per file and, while it writes, even read-only openers in other
+processes fail. Connections are therefore opened per step and closed quickly, and opening retries
+with backoff for a bounded time when another process holds the lock.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+_MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+class WarehouseLockedError(RuntimeError):
+    """Another process held the warehouse file for longer than the lock timeout."""
+
+
+def migration_files(sql_dir: Path = SQL_DIR) -> list[tuple[int, Path]]:
+    """The numbered `NNN_name.sql` files in order; anything else in the folder is an error."""
+    migrations = []
+    for path in sorted(sql_dir.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise ValueError(f"{path}: migration files are named NNN_lower_snake.sql")
+        migrations.append((int(match.group(1)), path))
+    versions = [version for version, _ in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"{sql_dir}: migration versions must run 1..N without gaps, got {versions}")
+    return migrations
+
+
+def apply_migrations(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list[int]:
+    """Apply each migration not yet recorded in `schema_migrations`, each in its own transaction."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    applied = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    newly_applied = []
+    for version, path in migration_files(sql_dir):
+        if version in applied:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(path.read_text())
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                [version, path.name, datetime.now(timezone.utc)],
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        newly_applied.append(version)
+    return newly_applied
+
+
+def _is_lock_error(error: duckdb.Error) -> bool:
+    return "lock" in str(error).lower()
+
+
+class Warehouse:
+    """Opens the warehouse file; the first read-write connection of a process brings the schema up to date."""
+
+    def __init__(self, path: Path, lock_timeout_s: float = 120.0, sql_dir: Path = SQL_DIR):
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self.sql_dir = sql_dir
+        self._migrated = False
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"no warehouse at {self.path}: land some events first")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = self._open(read_only)
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            if not read_only and not self._migrated:
+                apply_migrations(con, self.sql_dir)
+                self._migrated = True
+            yield con
+        finally:
+            con.close()
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except (duckdb.IOException, duckdb.ConnectionException) as error:
+                if not _is_lock_error(error):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise WarehouseLockedError(
+                        f"{self.path} stayed locked for {self.lock_timeout_s:.0f}s: {error}"
+                    ) from error
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)

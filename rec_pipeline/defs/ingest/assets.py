@@ -1,0 +1,102 @@
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from rec_pipeline.core import batches, quality
+from rec_pipeline.core.landing import LandingReport, land_file
+from rec_pipeline.core.landing_folder import archive_file
+from rec_pipeline.defs.ingest.partitions import event_batches
+from rec_pipeline.defs.resources import WAREHOUSE_POOL, PipelineResource
+
+SEVERITY = {"ERROR": dg.AssetCheckSeverity.ERROR, "WARN": dg.AssetCheckSeverity.WARN}
+
+
+class BatchFileConfig(dg.Config):
+    path: str = Field(
+        default="",
+        description="File to land; empty means `<landing folder>/<partition key>`.",
+    )
+
+
+@dg.asset(
+    partitions_def=event_batches,
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "polars"},
+    group_name="ingest",
+    owners=["team:data-platform"],
+    tags={"layer": "landing"},
+    check_specs=[
+        dg.AssetCheckSpec(spec.name, asset="event_batch", description=spec.description, blocking=True)
+        for spec in quality.CHECK_SPECS
+    ],
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+)
+def event_batch(context: dg.AssetExecutionContext, config: BatchFileConfig, pipeline: PipelineResource):
+    """One file of behaviour events landed into `events` (bad rows into `events_rejected`) and
+    validated; a batch failing an ERROR check is held back from training."""
+    settings = pipeline.settings
+    path = Path(config.path) if config.path else settings.landing_dir / context.partition_key
+    if not path.is_file():
+        raise dg.Failure(
+            description=f"{path} does not exist (a landed file is archived; see ingested_files)",
+            allow_retries=False,
+        )
+    warehouse = pipeline.warehouse()
+    report = land_file(warehouse, path)
+    if path.parent == settings.landing_dir and path.exists():
+        archive_file(path, settings.archive_dir, report.batch_id)
+    if report.status == "failed":
+        raise dg.Failure(
+            description=f"{path.name} could not be read: {report.reason}",
+            metadata=report.as_dict(),
+            allow_retries=False,
+        )
+    with warehouse.connect() as con:
+        rows = batches.batch_rows(con, report.batch_id)
+        outcomes = quality.validate_batch(rows, batches.recent_profiles(con, report.batch_id))
+        quality_status = batches.record_checks(con, report.batch_id, outcomes)
+    return dg.MaterializeResult(
+        metadata=_landing_metadata(report, quality_status, rows),
+        check_results=[_check_result(outcome) for outcome in outcomes],
+    )
+
+
+def _landing_metadata(report: LandingReport, quality_status: str, rows: pl.DataFrame) -> dict:
+    return {
+        "batch_id": report.batch_id,
+        "landing_status": report.status,
+        "quality_status": quality_status,
+        "source_path": dg.MetadataValue.path(report.path),
+        "rows_read": report.read,
+        "rows_landed": report.landed,
+        "rows_duplicate": report.duplicates,
+        "rows_rejected": report.rejected,
+        "dagster/row_count": report.landed,
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(name, str(dtype)) for name, dtype in rows.schema.items()]
+        ),
+        "preview": dg.MetadataValue.md(_markdown(rows.head(10))),
+    }
+
+
+def _markdown(frame: pl.DataFrame) -> str:
+    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True):
+        return str(frame)
+
+
+def _check_result(outcome: quality.CheckOutcome) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=outcome.name,
+        passed=outcome.passed,
+        severity=SEVERITY[outcome.severity],
+        description=outcome.description,
+        metadata={key: _metadata_value(value) for key, value in outcome.metadata.items()},
+    )
+
+
+def _metadata_value(value):
+    if isinstance(value, (list, dict)):
+        return dg.MetadataValue.json(value)
+    return "" if value is None else value
