@@ -5,6 +5,11 @@ from pathlib import Path
 import dagster as dg
 
 
+def load_definitions() -> dg.Definitions:
+    """The same Definitions for the UI, the daemon and the CLI's in-process runs."""
+    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    return load_definitions()

@@ -43,10 +43,10 @@ WITH trimmed AS (
            END AS ts,
            TRY_CAST(value_text AS DOUBLE) AS value
     FROM trimmed
-)
-SELECT source_row, raw,
-       coalesce(event_id, 'h-' || md5(concat_ws(chr(31), user_id, item_id, event_type,
-                epoch_us(ts)::VARCHAR, value::VARCHAR, session_id))) AS event_id,
+), checked AS (
+SELECT source_row, raw, event_id,
+       'h-' || md5(concat_ws(chr(31), user_id, item_id, event_type, epoch_us(ts)::VARCHAR,
+                              value::VARCHAR, session_id)) AS content_hash,
        user_id, item_id, event_type, ts, value, session_id, context,
        coalesce(parse_error, nullif(concat_ws('; ',
            {_id_rule("user_id", required=True)},
@@ -71,7 +71,13 @@ SELECT source_row, raw,
            CASE WHEN length(context) > $max_text_length
                 THEN 'context longer than ' || $max_text_length || ' characters' END
        ), '')) AS reason
-FROM typed"""
+FROM typed
+)
+-- Rejected rows keep the source's event_id (or none): a content hash of a broken row means nothing.
+SELECT source_row, raw,
+       CASE WHEN reason IS NULL THEN coalesce(event_id, content_hash) ELSE event_id END AS event_id,
+       user_id, item_id, event_type, ts, value, session_id, context, reason
+FROM checked"""
 
 
 def _id_rule(column: str, *, required: bool) -> str:

@@ -1,0 +1,280 @@
+"""`rec-pipeline`: the command line over the same Definitions the Dagster UI runs."""
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rec_pipeline.config import Settings
+from rec_pipeline.core.sources import FORMATS, UnsupportedFormatError, detect_format
+
+app = typer.Typer(
+    help="rec_pipeline: land behaviour events, validate them and keep recommendations fresh.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line, exit status 1."""
+
+
+def one_line_errors(command):
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (UsageError, FileNotFoundError, NotADirectoryError, UnsupportedFormatError, ValueError) as error:
+            print(f"rec-pipeline: {error}", file=sys.stderr)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.command()
+@one_line_errors
+def simulate(
+    out: Annotated[Path, typer.Option(help="Folder to write event files into.")],
+    events: Annotated[int, typer.Option(min=1, help="Number of events.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same events.")] = 0,
+    events_per_file: Annotated[int, typer.Option(min=1)] = 10_000,
+    file_format: Annotated[str, typer.Option("--format", help="jsonl, jsonl.gz, csv, csv.gz or parquet.")] = "jsonl",
+) -> None:
+    """Write simulated behaviour events into OUT."""
+    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+
+    paths = Simulator(SimulatorConfig(seed=seed)).write_event_files(out, events, events_per_file, file_format)
+    console.print(f"wrote {events} events in {len(paths)} file(s) to {out}")
+
+
+@app.command()
+@one_line_errors
+def ingest(paths: Annotated[list[Path], typer.Argument(help="Event files or folders of them.")], as_json: JsonFlag = False) -> None:
+    """Land event files through the landing job, in-process; folders are searched for event files."""
+    files = expand_event_files(paths)
+    runs = land_files(files)
+    summary = summarize(runs)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print_landing_table(runs, summary)
+    if summary["failed"]:
+        print(f"rec-pipeline: {summary['failed']} file(s) could not be read (see ingested_files)", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def status(as_json: JsonFlag = False) -> None:
+    """Counts of events, rejected rows, users, items and batches in the warehouse."""
+    from rec_pipeline.core.status import warehouse_status
+    from rec_pipeline.core.warehouse import Warehouse
+
+    with Warehouse(Settings.from_env().warehouse_path).connect() as con:
+        counts = warehouse_status(con)
+    if as_json:
+        print(json.dumps(counts))
+        return
+    table = Table("metric", "value", title="rec_pipeline status")
+    for key, value in counts.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+@app.command()
+@one_line_errors
+def batches(as_json: JsonFlag = False, limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+    """The latest batches with their landing counts, quality status and failed checks."""
+    from rec_pipeline.core.warehouse import Warehouse
+
+    with Warehouse(Settings.from_env().warehouse_path).connect() as con:
+        rows = con.execute("SELECT * FROM batch_overview ORDER BY landed_at DESC LIMIT ?", [limit])
+        names = [column[0] for column in rows.description]
+        records = [dict(zip(names, row)) for row in rows.fetchall()]
+    if as_json:
+        print(json.dumps(records, default=str))
+        return
+    table = Table(*names, title="batches")
+    for record in records:
+        table.add_row(*(str(value) for value in record.values()))
+    Console().print(table)
+
+
+@app.command()
+@one_line_errors
+def release(batch_id: str) -> None:
+    """Let a held-back batch's events reach training after all."""
+    _decide(batch_id, "released")
+
+
+@app.command()
+@one_line_errors
+def drop(batch_id: str) -> None:
+    """Keep a batch's events out of training for good (they stay in `events` for inspection)."""
+    _decide(batch_id, "dropped")
+
+
+def _decide(batch_id: str, decision: str) -> None:
+    from rec_pipeline.core.batches import set_operator_decision
+    from rec_pipeline.core.warehouse import Warehouse
+
+    with Warehouse(Settings.from_env().warehouse_path).connect() as con:
+        try:
+            set_operator_decision(con, batch_id, decision)
+        except KeyError as error:
+            raise UsageError(error.args[0]) from None
+    console.print(f"{batch_id}: {decision}")
+
+
+@app.command()
+@one_line_errors
+def movielens(
+    path: Annotated[Path, typer.Argument(help="A MovieLens folder (ml-100k, ml-latest/25m/32m or RecBole files).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Land a MovieLens copy: ratings become `rating` events, movies become catalogue items."""
+    from rec_pipeline.core.catalogue import upsert_items
+    from rec_pipeline.core.event_files import write_events
+    from rec_pipeline.core.movielens import load_movielens
+    from rec_pipeline.core.warehouse import Warehouse
+
+    settings = Settings.from_env()
+    data = load_movielens(path)
+    events_file = write_events(data.events, settings.home / "imports" / f"movielens-{data.layout}.parquet")
+    with Warehouse(settings.warehouse_path).connect() as con:
+        upsert_items(con, data.items)
+    summary = summarize(land_files([events_file]))
+    print(json.dumps(summary) if as_json else f"{data.layout}: {summary}")
+
+
+@app.command()
+@one_line_errors
+def run(
+    events: Annotated[int, typer.Option(min=1, help="Simulated events to add.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
+    events_per_file: Annotated[int, typer.Option(min=1)] = 5_000,
+    as_json: JsonFlag = False,
+) -> None:
+    """The main job on the embedded default: simulate the next EVENTS events of the seed's stream into
+    the landing folder, land and validate each file through the landing job, print what landed."""
+    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+
+    settings = Settings.from_env()
+    settings.ensure_dirs()
+    simulator = Simulator(SimulatorConfig(seed=seed))
+    offset = _simulated_so_far(settings, seed)
+    files = _write_simulated_files(simulator, settings.landing_dir, seed, offset, events, events_per_file)
+    _upsert_catalogue(settings, simulator)
+    runs = land_files(files)
+    summary = summarize(runs)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print_landing_table(runs, summary)
+
+
+def _simulated_so_far(settings: Settings, seed: int) -> int:
+    from rec_pipeline.core.warehouse import Warehouse
+
+    with Warehouse(settings.warehouse_path).connect() as con:
+        return con.execute("SELECT count(*) FROM events WHERE starts_with(event_id, ?)", [f"sim{seed}-"]).fetchone()[0]
+
+
+def _write_simulated_files(simulator, folder: Path, seed: int, offset: int, events: int, per_file: int) -> list[Path]:
+    from rec_pipeline.core.event_files import write_events
+
+    new_events = simulator.events(offset + events).slice(offset)
+    return [
+        write_events(new_events.slice(start, per_file), folder / f"sim-s{seed}-e{offset + start:010d}.jsonl")
+        for start in range(0, events, per_file)
+    ]
+
+
+def _upsert_catalogue(settings: Settings, simulator) -> None:
+    from rec_pipeline.core.catalogue import upsert_items
+    from rec_pipeline.core.warehouse import Warehouse
+
+    with Warehouse(settings.warehouse_path).connect() as con:
+        upsert_items(con, simulator.catalogue())
+
+
+def expand_event_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.is_file() and _is_event_file(p)))
+        elif path.is_file():
+            detect_format(path)
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    if not files:
+        raise UsageError(f"no event files ({', '.join(sorted(FORMATS))}) in {', '.join(map(str, paths))}")
+    return files
+
+
+def _is_event_file(path: Path) -> bool:
+    try:
+        detect_format(path)
+    except UnsupportedFormatError:
+        return False
+    return not path.name.startswith(".")
+
+
+def land_files(files: list[Path]):
+    from rec_pipeline.definitions import load_definitions
+    from rec_pipeline.defs.ingest.runner import dagster_instance, land_through_dagster
+
+    definitions = load_definitions()
+    runs = []
+    with dagster_instance() as instance, _progress() as progress:
+        task = progress.add_task("landing", total=len(files))
+        for path in files:
+            progress.update(task, description=f"landing {path.name}")
+            runs.append(land_through_dagster(definitions, instance, path))
+            progress.advance(task)
+    return runs
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    )
+
+
+def summarize(runs) -> dict:
+    reports = [run.report for run in runs]
+    return {
+        "files": len(reports),
+        "read": sum(r.read for r in reports),
+        "landed": sum(r.landed for r in reports),
+        "duplicates": sum(r.duplicates for r in reports),
+        "rejected": sum(r.rejected for r in reports),
+        "failed": sum(r.status == "failed" for r in reports),
+        "held_back": sum(run.quality_status == "failed" for run in runs),
+        "batches": [run.report.as_dict() | {"quality_status": run.quality_status} for run in runs],
+    }
+
+
+def print_landing_table(runs, summary: dict) -> None:
+    table = Table("file", "batch", "status", "quality", "read", "landed", "duplicates", "rejected", title="landed")
+    for run in runs:
+        r = run.report
+        table.add_row(Path(r.path).name, r.batch_id, r.reason or r.status, run.quality_status,
+                      *(str(n) for n in (r.read, r.landed, r.duplicates, r.rejected)))
+    Console().print(table)
+    Console().print(
+        f"{summary['files']} file(s): read {summary['read']} = landed {summary['landed']} + duplicates "
+        f"{summary['duplicates']} + rejected {summary['rejected']}; {summary['failed']} unreadable, "
+        f"{summary['held_back']} held back by quality checks"
+    )

@@ -1,0 +1,167 @@
+"""The Dagster layer: the code location loads, the landing job lands and gates, the sensor waits for
+complete files and refuses what it must not read."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.defs.ingest.runner import land_through_dagster
+from rec_pipeline.defs.ingest.sensors import landing_sensor
+from rec_pipeline.defs.resources import PipelineResource
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("REC_PIPELINE_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "landing").mkdir(parents=True)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def definitions(home) -> dg.Definitions:
+    from rec_pipeline.definitions import load_definitions
+
+    return load_definitions()
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def good_rows(n: int, prefix: str = "e") -> list[dict]:
+    return [
+        {"event_id": f"{prefix}{i}", "user_id": f"u{i % 37}", "item_id": f"i{i % 23}",
+         "event_type": ["view", "click", "purchase"][i % 3], "ts": 1767225600 + i, "value": 9.5 if i % 3 == 2 else None}
+        for i in range(n)
+    ]
+
+
+def test_code_location_has_the_ingest_graph(definitions):
+    repo = definitions.get_repository_def()
+    assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == {"event_batch"}
+    check_names = {key.name for key in repo.asset_graph.asset_check_keys}
+    assert {"user_id_not_null", "event_type_known", "event_id_unique", "user_flooding"} <= check_names
+    assert repo.has_sensor_def("landing_sensor")
+    assert definitions.resolve_job_def("land_events_job").partitions_def.name == "event_batches"
+
+
+def test_landing_job_lands_validates_and_reports(definitions, home, tmp_path):
+    path = write_jsonl(tmp_path / "good.jsonl", good_rows(300) + [{"user_id": "", "item_id": "x"}])
+    with dg.instance_for_test() as instance:
+        run = land_through_dagster(definitions, instance, path)
+        assert (run.report.read, run.report.landed, run.report.rejected, run.quality_status) == (301, 300, 1, "passed")
+        records = instance.fetch_materializations(dg.AssetKey("event_batch"), limit=1).records
+        metadata = records[0].asset_materialization.metadata
+        assert metadata["rows_read"].value == 301 and metadata["dagster/row_count"].value == 300
+        assert [c.name for c in metadata["dagster/column_schema"].value.columns][:3] == ["event_id", "user_id", "item_id"]
+        assert "| event_id" in metadata["preview"].value
+    with Warehouse(home / "warehouse.duckdb").connect() as con:
+        assert con.execute("SELECT count(*) FROM events_validated").fetchone()[0] == 300
+        assert con.execute("SELECT count(*) FROM batch_checks WHERE passed").fetchone()[0] > 10
+
+
+def test_a_bad_batch_fails_its_blocking_checks_and_is_held_back(definitions, home, tmp_path):
+    rows = good_rows(100) + [{"event_id": f"bad{i}", "item_id": "i1", "event_type": "view", "ts": 1767225600} for i in range(40)]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with dg.instance_for_test() as instance:
+        run = land_through_dagster(definitions, instance, path)
+        assert run.quality_status == "failed"
+        assert (run.report.landed, run.report.rejected) == (100, 40)
+        evaluations = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("event_batch"), "user_id_not_null")]
+        )
+        evaluation = next(iter(evaluations.values())).event.dagster_event.event_specific_data
+        assert evaluation.passed is False
+    with Warehouse(home / "warehouse.duckdb").connect() as con:
+        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 100, "kept for inspection"
+        assert con.execute("SELECT count(*) FROM events_validated").fetchone()[0] == 0, "held back"
+        failed = con.execute("SELECT failed_checks FROM batch_overview").fetchone()[0]
+        assert "user_id_not_null" in failed
+
+
+def test_an_unreadable_file_fails_its_run_and_the_next_file_still_lands(definitions, home, tmp_path):
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with dg.instance_for_test() as instance:
+        failed = land_through_dagster(definitions, instance, broken)
+        landed = land_through_dagster(definitions, instance, write_jsonl(tmp_path / "ok.jsonl", good_rows(10)))
+    assert failed.report.status == "failed" and "could not be read" in failed.report.reason
+    assert landed.report.landed == 10
+    with Warehouse(home / "warehouse.duckdb").connect() as con:
+        assert con.execute("SELECT status, reason IS NOT NULL FROM ingested_files WHERE path LIKE '%broken%'").fetchone() == ("failed", True)
+
+
+def _tick(instance, cursor=None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"pipeline": PipelineResource(home=os.environ["REC_PIPELINE_HOME"])})
+    return landing_sensor(context)
+
+
+def _age(path: Path, seconds: float) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_sensor_requests_a_run_only_for_settled_files(home):
+    landing = home / "landing"
+    settled = write_jsonl(landing / "a.jsonl", good_rows(3))
+    _age(settled, 60)
+    (landing / ".hidden.jsonl").write_text("{}")
+    (landing / "b.jsonl.tmp").write_text("{}")
+    with dg.instance_for_test() as instance:
+        first = _tick(instance)
+        assert first.run_requests == [], "a file seen once may still be being written"
+        second = _tick(instance, first.cursor)
+        assert [r.partition_key for r in second.run_requests] == ["a.jsonl"]
+        assert second.run_requests[0].run_config["ops"]["event_batch"]["config"]["path"] == str(settled)
+        assert second.dynamic_partitions_requests[0].partition_keys == ["a.jsonl"]
+
+        growing = write_jsonl(landing / "growing.jsonl", good_rows(3))
+        third = _tick(instance, second.cursor)
+        with growing.open("a") as handle:
+            handle.write(json.dumps(good_rows(1, "late")[0]) + "\n")
+        fourth = _tick(instance, third.cursor)
+        assert "growing.jsonl" not in [r.partition_key for r in fourth.run_requests], "still being written"
+
+
+def test_sensor_never_follows_symlinks_or_reads_odd_names(home, tmp_path):
+    landing = home / "landing"
+    secret = write_jsonl(tmp_path / "outside.jsonl", good_rows(2))
+    (landing / "link.jsonl").symlink_to(secret)
+    odd = write_jsonl(landing / "we ird;name.jsonl", good_rows(2))
+    notes = landing / "notes.txt"
+    notes.write_text("hello")
+    (landing / "subfolder").mkdir()
+    for path in (odd, notes):
+        _age(path, 60)
+    with dg.instance_for_test() as instance:
+        cursor = _tick(instance).cursor
+        result = _tick(instance, cursor)
+    assert result.run_requests == []
+    refused = json.loads(result.cursor)["refused"]
+    assert refused == sorted(["link.jsonl", "we ird;name.jsonl", "notes.txt", "subfolder"])
+
+
+def test_landing_sensor_run_lands_and_archives_the_file(definitions, home):
+    landing = home / "landing"
+    path = write_jsonl(landing / "drop.jsonl", good_rows(20))
+    _age(path, 60)
+    with dg.instance_for_test() as instance:
+        cursor = _tick(instance).cursor
+        result = _tick(instance, cursor)
+        instance.add_dynamic_partitions("event_batches", ["drop.jsonl"])
+        request = result.run_requests[0]
+        outcome = definitions.resolve_job_def("land_events_job").execute_in_process(
+            partition_key=request.partition_key, run_config=request.run_config, instance=instance
+        )
+    assert outcome.success
+    assert not path.exists()
+    assert [p.name.split("-", 2)[-1] for p in (home / "archive").iterdir()] == ["drop.jsonl"]
+    with Warehouse(home / "warehouse.duckdb").connect() as con:
+        assert pl.DataFrame(con.sql("SELECT count(*) AS n FROM events").pl())["n"][0] == 20
