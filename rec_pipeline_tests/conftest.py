@@ -1,0 +1,39 @@
+"""Shared fixtures: a throw-away warehouse, a fixed clock and a helper that writes input files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from rec_pipeline.core.warehouse import Warehouse
+
+FIXED_NOW = datetime(2024, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def now() -> datetime:
+    """The landing clock: contract.latest_ts(now) is 2024-06-02T12:00:00Z."""
+    return FIXED_NOW
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Warehouse:
+    """An empty warehouse file in the test's tmp folder (migrated on first connect)."""
+    return Warehouse(tmp_path / "w.duckdb", lock_timeout_s=5.0)
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> Callable[[str, bytes | str], Path]:
+    """write_file("a.jsonl", text_or_bytes) -> path; text is UTF-8 encoded with no newline translation."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+
+    def write(name: str, content: bytes | str) -> Path:
+        path = folder / name
+        path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+        return path
+
+    return write
