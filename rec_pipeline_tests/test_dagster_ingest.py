@@ -165,3 +165,14 @@ def test_landing_sensor_run_lands_and_archives_the_file(definitions, home):
     assert [p.name.split("-", 2)[-1] for p in (home / "archive").iterdir()] == ["drop.jsonl"]
     with Warehouse(home / "warehouse.duckdb").connect() as con:
         assert pl.DataFrame(con.sql("SELECT count(*) AS n FROM events").pl())["n"][0] == 20
+
+
+def test_dg_check_defs_accepts_the_code_location(home):
+    import subprocess
+    import sys
+
+    dg_cli = Path(sys.executable).parent / "dg"
+    result = subprocess.run([str(dg_cli), "check", "defs"], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
