@@ -20,7 +20,7 @@ import duckdb
 
 from rec_pipeline.core.contract import EventContract
 from rec_pipeline.core.normalize import contract_parameters, normalize_sql
-from rec_pipeline.core.sources import UnsupportedFormatError, detect_format, source_relations
+from rec_pipeline.core.sources import UnsupportedFormatError, detect_format, source_relation
 from rec_pipeline.core.warehouse import Warehouse
 
 # Errors that mean "this file cannot be read"; anything else is a bug and propagates.
@@ -84,8 +84,8 @@ def land_file(
         if previous is not None:
             return previous
         try:
-            detect_format(path)
-            counts = _land_in_transaction(con, path, batch_id, sha256, contract, now)
+            _stage_rows(con, path, contract, now)
+            counts = _land_in_transaction(con, path, batch_id, sha256, now)
         except UNREADABLE_FILE_ERRORS as error:
             reason = _one_line(error)
             _record_failure(con, path, batch_id, sha256, reason, now)
@@ -110,12 +110,10 @@ def _land_in_transaction(
     path: Path,
     batch_id: str,
     sha256: str,
-    contract: EventContract,
     now: datetime,
 ) -> tuple[int, int, int, int]:
     con.execute("BEGIN TRANSACTION")
     try:
-        _stage_rows(con, path, contract, now)
         rejected = _insert_rejects(con, batch_id, path)
         landed = _insert_new_events(con, batch_id)
         read = con.execute("SELECT count(*) FROM batch_rows").fetchone()[0]
@@ -139,20 +137,12 @@ def _land_in_transaction(
 
 
 def _stage_rows(con: duckdb.DuckDBPyConnection, path: Path, contract: EventContract, now: datetime) -> None:
-    parameters = contract_parameters(contract, now)
+    """Read and normalize the file into temp table `batch_rows`; nothing in the warehouse changes."""
     con.execute("DROP TABLE IF EXISTS batch_rows")
-    for index, source_sql in enumerate(source_relations(con, path)):
-        verb = "CREATE TEMP TABLE batch_rows AS" if index == 0 else "INSERT INTO batch_rows"
-        con.execute(f"{verb} {normalize_sql(source_sql)}", parameters)
-    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'batch_rows'").fetchone()[0] == 0:
-        con.execute(f"CREATE TEMP TABLE batch_rows AS {normalize_sql(_EMPTY_SOURCE)}", parameters)
-
-
-_EMPTY_SOURCE = (
-    "SELECT NULL::BIGINT AS source_row, NULL::VARCHAR AS raw, NULL::VARCHAR AS parse_error, "
-    + ", ".join(f"NULL::VARCHAR AS {f}" for f in _EVENT_FIELDS.split(", "))
-    + " WHERE false"
-)
+    con.execute(
+        f"CREATE TEMP TABLE batch_rows AS {normalize_sql(source_relation(con, path))}",
+        contract_parameters(contract, now),
+    )
 
 
 def _insert_rejects(con: duckdb.DuckDBPyConnection, batch_id: str, path: Path) -> int:

@@ -36,17 +36,14 @@ WITH trimmed AS (
     FROM ({source_sql})
 ), typed AS (
     SELECT *,
-           CASE WHEN regexp_full_match(ts_text, '[+-]?[0-9]+(\\.[0-9]+)?')
-                THEN TRY(to_timestamp(CASE WHEN abs(ts_text::DOUBLE) >= {EPOCH_MILLIS_FROM}
-                                           THEN ts_text::DOUBLE / 1000 ELSE ts_text::DOUBLE END))
-                ELSE TRY_CAST(ts_text AS TIMESTAMPTZ)
+           CASE WHEN epoch IS NULL THEN TRY_CAST(ts_text AS TIMESTAMPTZ)
+                WHEN abs(epoch) < {EPOCH_MILLIS_FROM} THEN to_timestamp(epoch)
+                WHEN abs(epoch) < {EPOCH_MILLIS_FROM} * 1000 THEN to_timestamp(epoch / 1000)
            END AS ts,
            TRY_CAST(value_text AS DOUBLE) AS value
-    FROM trimmed
+    FROM (SELECT *, TRY_CAST(ts_text AS DOUBLE) AS epoch FROM trimmed)
 ), checked AS (
 SELECT source_row, raw, event_id,
-       'h-' || md5(concat_ws(chr(31), user_id, item_id, event_type, epoch_us(ts)::VARCHAR,
-                              value::VARCHAR, session_id)) AS content_hash,
        user_id, item_id, event_type, ts, value, session_id, context,
        coalesce(parse_error, nullif(concat_ws('; ',
            {_id_rule("user_id", required=True)},
@@ -75,7 +72,10 @@ FROM typed
 )
 -- Rejected rows keep the source's event_id (or none): a content hash of a broken row means nothing.
 SELECT source_row, raw,
-       CASE WHEN reason IS NULL THEN coalesce(event_id, content_hash) ELSE event_id END AS event_id,
+       CASE WHEN reason IS NULL AND event_id IS NULL
+            THEN 'h-' || md5(concat_ws(chr(31), user_id, item_id, event_type, epoch_us(ts)::VARCHAR,
+                                       value::VARCHAR, session_id))
+            ELSE event_id END AS event_id,
        user_id, item_id, event_type, ts, value, session_id, context, reason
 FROM checked"""
 
@@ -84,7 +84,8 @@ def _id_rule(column: str, *, required: bool) -> str:
     missing = f"WHEN {column} IS NULL THEN 'missing {column}'" if required else ""
     return (
         f"CASE {missing} WHEN length({column}) > $max_id_length "
-        f"THEN '{column} longer than ' || $max_id_length || ' characters' END"
+        f"THEN '{column} longer than ' || $max_id_length || ' characters' "
+        f"WHEN left({column}, 1) IN ('{{', '[') THEN '{column} is an object or array, not a string' END"
     )
 
 

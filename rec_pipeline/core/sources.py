@@ -1,20 +1,16 @@
 """Event files as DuckDB relations of raw text fields, one row per record read.
 
-Every reader yields relations with the same columns: `source_row`, `raw`, `parse_error` and the
+Every reader gives a query with the same columns: `source_row`, `raw`, `parse_error` and the
 contract fields as VARCHAR. `normalize.py` turns any of them into typed events plus a reject reason,
-so each rule of the contract is written once. Rows are never parsed in a Python loop: CSV and
-Parquet are read by DuckDB, JSON Lines are split into lines in large blocks and parsed by DuckDB's
-JSON functions.
+so each rule of the contract is written once. No row is parsed in a Python loop: DuckDB reads every
+format (gzip included) on all threads, and parses JSON Lines with its JSON functions.
 """
 
 from __future__ import annotations
 
-import gzip
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
-import polars as pl
 
 from rec_pipeline.core.contract import EVENT_COLUMNS
 
@@ -27,11 +23,8 @@ FORMATS = {
     ".csv.gz": "csv",
     ".parquet": "parquet",
 }
-JSONL_BLOCK_BYTES = 64 * 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024 * 1024
-_BOM = b"\xef\xbb\xbf"
 _FIELDS = EVENT_COLUMNS
-_SCALAR_FIELDS = ("event_id", "user_id", "item_id", "event_type", "ts", "value", "session_id")
 
 
 class UnsupportedFormatError(ValueError):
@@ -48,145 +41,101 @@ def detect_format(path: Path) -> str:
     )
 
 
-def source_relations(con: duckdb.DuckDBPyConnection, path: Path) -> Iterator[str]:
-    """Yield SQL queries over the file's rows; each is valid until the next one is requested."""
-    file_format = detect_format(path)
-    if file_format == "jsonl":
-        yield from _jsonl_relations(con, path)
-    elif file_format == "csv":
-        yield _csv_relation(con, path)
-    else:
-        yield _parquet_relation(con, path)
+def source_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+    """A SQL query over the file's records, valid on this connection until the next file is read."""
+    readers = {"jsonl": _jsonl_relation, "csv": _csv_relation, "parquet": _parquet_relation}
+    return readers[detect_format(path)](con, path)
 
 
-# --- JSON Lines -------------------------------------------------------------------------------
+# --- JSON Lines and CSV: DuckDB's CSV reader, unparseable records kept aside ------------------
 
 
-def _jsonl_relations(con: duckdb.DuckDBPyConnection, path: Path) -> Iterator[str]:
-    for chunk in iter_jsonl_lines(path):
-        con.register("jsonl_chunk", chunk)
-        yield _JSONL_SQL
-    con.unregister("jsonl_chunk")
+def _read_text_records(con: duckdb.DuckDBPyConnection, path: Path, options: str) -> None:
+    """Read the file into temp table `text_rows`, unparseable records into `text_rejects`.
 
-
-def iter_jsonl_lines(path: Path, block_bytes: int = JSONL_BLOCK_BYTES) -> Iterator[pl.DataFrame]:
-    """Non-blank lines with their 1-based line numbers, decoded per block, in bounded memory."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    first_line = 1
-    carry = b""
-    with opener(path, "rb") as handle:
-        while block := handle.read(block_bytes):
-            if first_line == 1 and not carry:
-                block = block.removeprefix(_BOM)
-            block = carry + block
-            cut = block.rfind(b"\n")
-            if cut < 0:
-                carry = block
-                continue
-            carry = block[cut + 1 :]
-            chunk = _lines_frame(block[:cut], first_line)
-            first_line += chunk.height
-            yield chunk.filter(pl.col("line").str.strip_chars() != "")
-    if carry:
-        yield _lines_frame(carry, first_line).filter(pl.col("line").str.strip_chars() != "")
-
-
-def _lines_frame(block: bytes, first_line: int) -> pl.DataFrame:
-    try:
-        text = block.decode("utf-8")
-    except UnicodeDecodeError:
-        return _decode_lines_one_by_one(block.split(b"\n"), first_line)
-    lines = pl.Series("line", [text]).str.split("\n").explode()
-    frame = pl.DataFrame({"line": lines}).with_row_index("source_row", offset=first_line)
-    return frame.with_columns(pl.lit(None, pl.String).alias("decode_error")).pipe(_mark_long_lines)
-
-
-def _decode_lines_one_by_one(raw_lines: list[bytes], first_line: int) -> pl.DataFrame:
-    """Only for a block that is not valid UTF-8: find the bad lines, keep their text readable."""
-    lines, errors = [], []
-    for raw in raw_lines:
-        try:
-            lines.append(raw.decode("utf-8"))
-            errors.append(None)
-        except UnicodeDecodeError as error:
-            lines.append(raw.decode("utf-8", errors="replace"))
-            errors.append(f"invalid UTF-8 at byte {error.start}")
-    frame = pl.DataFrame({"line": lines, "decode_error": pl.Series(errors, dtype=pl.String)})
-    return frame.with_row_index("source_row", offset=first_line).pipe(_mark_long_lines)
-
-
-def _mark_long_lines(frame: pl.DataFrame) -> pl.DataFrame:
-    too_long = pl.col("line").str.len_bytes() > MAX_LINE_BYTES
-    return frame.with_columns(
-        pl.col("line").str.strip_suffix("\r"),
-        pl.col("source_row").cast(pl.Int64),
-    ).with_columns(
-        pl.when(too_long).then(pl.lit(f"line longer than {MAX_LINE_BYTES} bytes")).otherwise("decode_error").alias("decode_error"),
-        pl.when(too_long).then(pl.col("line").str.slice(0, 1024)).otherwise("line").alias("line"),
-    )
-
-
-def _jsonl_select() -> str:
-    """Parse JSON only on lines known to be JSON objects, so no JSON function ever sees bad input."""
-    paths = ", ".join(f"'$.{field}'" for field in _FIELDS)
-    scalar_paths = ", ".join(f"'$.{field}'" for field in _SCALAR_FIELDS)
-    fields = ", ".join(f"fields[{i + 1}] AS {field}" for i, field in enumerate(_FIELDS))
-    nulls = ", ".join(f"NULL::VARCHAR AS {field}" for field in _FIELDS)
-    is_object = "decode_error IS NULL AND json_valid(line) AND starts_with(ltrim(line), '{')"
-    return f"""
-SELECT source_row, line AS raw,
-       CASE WHEN list_contains(field_types, 'OBJECT') OR list_contains(field_types, 'ARRAY')
-            THEN 'an id, type, ts or value field is an object or array' END AS parse_error,
-       {fields}
-FROM (SELECT source_row, line, json_extract_string(line, [{paths}]) AS fields,
-             json_type(line, [{scalar_paths}]) AS field_types
-      FROM jsonl_chunk WHERE {is_object})
-UNION ALL
-SELECT source_row, line,
-       coalesce(decode_error, CASE WHEN json_valid(line) THEN 'JSON line is not an object' ELSE 'invalid JSON' END),
-       {nulls}
-FROM jsonl_chunk WHERE NOT ({is_object})"""
-
-
-_JSONL_SQL = _jsonl_select()
-
-
-# --- CSV --------------------------------------------------------------------------------------
-
-
-def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
-    """Read the whole CSV into a temp table (DuckDB spills it), keeping unparseable records aside.
-
-    DuckDB reports rejected records by record number; the accepted rows' record numbers are
-    recovered by counting the rejected records before each of them (an ASOF join).
+    DuckDB streams the file on all threads and spills the table to disk beyond its memory limit.
+    A fresh table's rowids follow the file order, so `rowid + 1` is the accepted record's rank.
     """
-    for table in ("csv_rows", "csv_rejects", "csv_reject_scans"):
+    for table in ("text_rows", "text_rejects", "text_reject_scans"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute(
-        "CREATE TEMP TABLE csv_rows AS SELECT * FROM read_csv($path, all_varchar = true, header = true,"
-        " store_rejects = true, rejects_table = 'csv_rejects', rejects_scan = 'csv_reject_scans',"
-        f" strict_mode = true, max_line_size = {MAX_LINE_BYTES})",
+        "CREATE TEMP TABLE text_rows AS SELECT * FROM read_csv($path, store_rejects = true,"
+        " rejects_table = 'text_rejects', rejects_scan = 'text_reject_scans',"
+        f" max_line_size = {MAX_LINE_BYTES}, {options})",
         {"path": str(path)},
     )
-    present = _columns(con, "csv_rows")
-    fields = ", ".join(f'a."{f}"' if f in present else f"NULL::VARCHAR AS {f}" for f in _FIELDS)
+
+
+def _rejected_cte(header_lines: int) -> str:
+    """`rejected`: the records DuckDB could not parse, one row per record with its errors."""
     return f"""
 WITH rejected AS (
-    SELECT line - 1 AS record, first(csv_line) AS csv_line,
-           string_agg(DISTINCT error_type, ', ') AS errors
-    FROM csv_rejects GROUP BY line
-), gaps AS (
+    SELECT line - {header_lines} AS record, first(csv_line) AS csv_line,
+           string_agg(DISTINCT lower(error_type), ', ') AS errors
+    FROM text_rejects GROUP BY line
+)"""
+
+
+def _numbered_records_sql(header_lines: int) -> str:
+    """`numbered`: accepted records of `text_rows` with their record numbers, recovered by counting
+    the rejected records before each (an ASOF join)."""
+    return _rejected_cte(header_lines) + """, gaps AS (
     SELECT record - row_number() OVER (ORDER BY record) AS accepted_before,
            row_number() OVER (ORDER BY record) AS rejected_so_far
     FROM rejected
-), accepted AS (SELECT row_number() OVER (ORDER BY rowid) AS accepted_rank, * FROM csv_rows)
-SELECT a.accepted_rank + coalesce(g.rejected_so_far, 0) AS source_row, NULL::VARCHAR AS raw,
-       NULL::VARCHAR AS parse_error, {fields}
-FROM accepted a ASOF LEFT JOIN gaps g ON a.accepted_rank > g.accepted_before
+), numbered AS (
+    SELECT a.rowid + 1 + coalesce(g.rejected_so_far, 0) AS record, a.*
+    FROM text_rows a ASOF LEFT JOIN gaps g ON a.rowid + 1 > g.accepted_before
+)"""
+
+
+def _jsonl_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+    """One line per record (the unit separator never occurs in valid JSON, so it never splits a line).
+
+    Lines are classified once into temp table `json_lines`, so JSON functions only ever see
+    lines that are JSON objects, and each line is parsed once.
+    """
+    _read_text_records(
+        con, path,
+        "columns = {'line': 'VARCHAR'}, header = false, delim = '\\x1f', quote = '', escape = '',"
+        " auto_detect = false, strict_mode = false",
+    )
+    con.execute("DROP TABLE IF EXISTS json_lines")
+    con.execute(
+        "CREATE TEMP TABLE json_lines AS " + _numbered_records_sql(header_lines=0)
+        + " SELECT record, line, json_valid(line) AS valid, starts_with(ltrim(line), '{') AS braced"
+        " FROM numbered WHERE trim(line) <> ''"
+    )
+    return _rejected_cte(header_lines=0) + _JSONL_SELECT
+
+
+def _jsonl_select() -> str:
+    """A field holding an object or array comes out as its JSON text, which the contract rejects."""
+    paths = ", ".join(f"'$.{field}'" for field in _FIELDS)
+    fields = ", ".join(f"fields[{i + 1}] AS {field}" for i, field in enumerate(_FIELDS))
+    nulls = ", ".join(f"NULL::VARCHAR AS {field}" for field in _FIELDS)
+    return f"""
+SELECT record AS source_row, line AS raw, NULL::VARCHAR AS parse_error, {fields}
+FROM (SELECT record, line, json_extract_string(line, [{paths}]) AS fields FROM json_lines WHERE valid AND braced)
 UNION ALL
-SELECT record, csv_line, 'unparseable CSV record: ' || lower(errors),
-       {", ".join(f"NULL::VARCHAR AS {f}" for f in _FIELDS)}
-FROM rejected"""
+SELECT record, line, CASE WHEN valid THEN 'JSON line is not an object' ELSE 'invalid JSON' END, {nulls}
+FROM json_lines WHERE NOT (valid AND braced)
+UNION ALL
+SELECT record, csv_line, 'unreadable line: ' || errors, {nulls} FROM rejected"""
+
+
+_JSONL_SELECT = _jsonl_select()
+
+
+def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+    _read_text_records(con, path, "all_varchar = true, header = true, strict_mode = true")
+    present = _columns(con, "text_rows")
+    fields = ", ".join(f'"{f}"' if f in present else f"NULL::VARCHAR AS {f}" for f in _FIELDS)
+    nulls = ", ".join(f"NULL::VARCHAR AS {field}" for field in _FIELDS)
+    return _numbered_records_sql(header_lines=1) + f"""
+SELECT record AS source_row, NULL::VARCHAR AS raw, NULL::VARCHAR AS parse_error, {fields} FROM numbered
+UNION ALL
+SELECT record, csv_line, 'unparseable CSV record: ' || errors, {nulls} FROM rejected"""
 
 
 # --- Parquet ----------------------------------------------------------------------------------
