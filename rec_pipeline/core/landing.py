@@ -20,7 +20,7 @@ import duckdb
 
 from rec_pipeline.core.contract import EventContract
 from rec_pipeline.core.normalize import contract_parameters, normalize_sql
-from rec_pipeline.core.sources import UnsupportedFormatError, detect_format, source_relation
+from rec_pipeline.core.sources import UnreadableFileError, UnsupportedFormatError, detect_format, source_relation
 from rec_pipeline.core.warehouse import Warehouse
 
 # Errors that mean "this file cannot be read"; anything else is a bug and propagates.
@@ -28,7 +28,8 @@ UNREADABLE_FILE_ERRORS = (
     duckdb.IOException,
     duckdb.InvalidInputException,
     duckdb.ConversionException,
-    UnsupportedFormatError,
+    UnreadableFileError,
+    UnicodeDecodeError,
     EOFError,
     gzip.BadGzipFile,
     zlib.error,
@@ -148,10 +149,7 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, path: Path, contract: EventContr
 def _insert_rejects(con: duckdb.DuckDBPyConnection, batch_id: str, path: Path) -> int:
     return con.execute(
         f"""INSERT INTO events_rejected
-            SELECT $batch_id, $path, source_row,
-                   coalesce(raw, to_json(struct_pack(event_id, user_id, item_id, event_type, ts, value,
-                                                     session_id, context))::VARCHAR),
-                   reason, {_EVENT_FIELDS}
+            SELECT $batch_id, $path, source_row, raw, reason, {_EVENT_FIELDS}
             FROM batch_rows WHERE reason IS NOT NULL""",
         {"batch_id": batch_id, "path": str(path)},
     ).fetchone()[0]

@@ -10,13 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from rec_pipeline.core.contract import EventContract
+from rec_pipeline.core.sources import WHITESPACE
 
 # Epoch numbers at or above this are milliseconds: 1e11 seconds is the year 5138, 1e11 ms is 1973.
 EPOCH_MILLIS_FROM = 1e11
 
 NORMALIZED_COLUMNS = (
-    "source_row", "raw", "event_id", "user_id", "item_id", "event_type", "ts", "value",
-    "session_id", "context", "reason",
+    "source_row", "event_id", "user_id", "item_id", "event_type", "ts", "value",
+    "session_id", "context", "reason", "raw",
 )
 
 
@@ -25,13 +26,13 @@ def normalize_sql(source_sql: str) -> str:
     return f"""
 WITH trimmed AS (
     SELECT source_row, raw, parse_error,
-           nullif(trim(event_id), '') AS event_id,
-           nullif(trim(user_id), '') AS user_id,
-           nullif(trim(item_id), '') AS item_id,
-           lower(nullif(trim(event_type), '')) AS event_type,
-           nullif(trim(ts), '') AS ts_text,
-           nullif(trim(value), '') AS value_text,
-           nullif(trim(session_id), '') AS session_id,
+           nullif(trim(event_id, {WHITESPACE}), '') AS event_id,
+           nullif(trim(user_id, {WHITESPACE}), '') AS user_id,
+           nullif(trim(item_id, {WHITESPACE}), '') AS item_id,
+           lower(nullif(trim(event_type, {WHITESPACE}), '')) AS event_type,
+           nullif(trim(ts, {WHITESPACE}), '') AS ts_text,
+           nullif(trim(value, {WHITESPACE}), '') AS value_text,
+           nullif(trim(session_id, {WHITESPACE}), '') AS session_id,
            nullif(context, '') AS context
     FROM ({source_sql})
 ), typed AS (
@@ -43,7 +44,7 @@ WITH trimmed AS (
            TRY_CAST(value_text AS DOUBLE) AS value
     FROM (SELECT *, TRY_CAST(ts_text AS DOUBLE) AS epoch FROM trimmed)
 ), checked AS (
-SELECT source_row, raw, event_id,
+SELECT source_row, raw, event_id, ts_text, value_text,
        user_id, item_id, event_type, ts, value, session_id, context,
        coalesce(parse_error, nullif(concat_ws('; ',
            {_id_rule("user_id", required=True)},
@@ -71,12 +72,17 @@ SELECT source_row, raw, event_id,
 FROM typed
 )
 -- Rejected rows keep the source's event_id (or none): a content hash of a broken row means nothing.
-SELECT source_row, raw,
+SELECT source_row,
        CASE WHEN reason IS NULL AND event_id IS NULL
-            THEN 'h-' || md5(concat_ws(chr(31), user_id, item_id, event_type, epoch_us(ts)::VARCHAR,
-                                       value::VARCHAR, session_id))
+            THEN 'h-' || md5(to_json(struct_pack(user_id, item_id, event_type, ts := epoch_us(ts),
+                                                 value, session_id, context))::VARCHAR)
             ELSE event_id END AS event_id,
-       user_id, item_id, event_type, ts, value, session_id, context, reason
+       user_id, item_id, event_type, ts, value, session_id, context, reason,
+       -- the row as read, for a rejected row that has no raw line (CSV, Parquet)
+       CASE WHEN reason IS NOT NULL AND raw IS NULL
+            THEN to_json(struct_pack(event_id, user_id, item_id, event_type, ts := ts_text,
+                                     value := value_text, session_id, context))::VARCHAR
+            ELSE raw END AS raw
 FROM checked"""
 
 
@@ -84,8 +90,7 @@ def _id_rule(column: str, *, required: bool) -> str:
     missing = f"WHEN {column} IS NULL THEN 'missing {column}'" if required else ""
     return (
         f"CASE {missing} WHEN length({column}) > $max_id_length "
-        f"THEN '{column} longer than ' || $max_id_length || ' characters' "
-        f"WHEN left({column}, 1) IN ('{{', '[') THEN '{column} is an object or array, not a string' END"
+        f"THEN '{column} longer than ' || $max_id_length || ' characters' END"
     )
 
 

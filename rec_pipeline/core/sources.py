@@ -8,6 +8,8 @@ format (gzip included) on all threads, and parses JSON Lines with its JSON funct
 
 from __future__ import annotations
 
+import csv
+import gzip
 from pathlib import Path
 
 import duckdb
@@ -27,7 +29,15 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 _FIELDS = EVENT_COLUMNS
 
 
-class UnsupportedFormatError(ValueError):
+# Characters `trim` strips from text fields and blank lines (DuckDB's default trims spaces only).
+WHITESPACE = "' ' || chr(9) || chr(10) || chr(13)"
+
+
+class UnreadableFileError(ValueError):
+    """The file as a whole cannot be read; nothing of it lands."""
+
+
+class UnsupportedFormatError(UnreadableFileError):
     pass
 
 
@@ -50,7 +60,9 @@ def source_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
 # --- JSON Lines and CSV: DuckDB's CSV reader, unparseable records kept aside ------------------
 
 
-def _read_text_records(con: duckdb.DuckDBPyConnection, path: Path, options: str) -> None:
+def _read_text_records(
+    con: duckdb.DuckDBPyConnection, path: Path, options: str, columns: str = "*", parameters: dict | None = None
+) -> None:
     """Read the file into temp table `text_rows`, unparseable records into `text_rejects`.
 
     DuckDB streams the file on all threads and spills the table to disk beyond its memory limit.
@@ -59,10 +71,10 @@ def _read_text_records(con: duckdb.DuckDBPyConnection, path: Path, options: str)
     for table in ("text_rows", "text_rejects", "text_reject_scans"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute(
-        "CREATE TEMP TABLE text_rows AS SELECT * FROM read_csv($path, store_rejects = true,"
+        f"CREATE TEMP TABLE text_rows AS SELECT {columns} FROM read_csv($path, store_rejects = true,"
         " rejects_table = 'text_rejects', rejects_scan = 'text_reject_scans',"
         f" max_line_size = {MAX_LINE_BYTES}, {options})",
-        {"path": str(path)},
+        {"path": str(path)} | (parameters or {}),
     )
 
 
@@ -80,9 +92,12 @@ def _numbered_records_sql(header_lines: int) -> str:
     """`numbered`: accepted records of `text_rows` with their record numbers, recovered by counting
     the rejected records before each (an ASOF join)."""
     return _rejected_cte(header_lines) + """, gaps AS (
-    SELECT record - row_number() OVER (ORDER BY record) AS accepted_before,
-           row_number() OVER (ORDER BY record) AS rejected_so_far
-    FROM rejected
+    -- adjacent rejected records share `accepted_before`: keep the count after the last of them
+    SELECT accepted_before, max(rejected_so_far) AS rejected_so_far
+    FROM (SELECT record - row_number() OVER (ORDER BY record) AS accepted_before,
+                 row_number() OVER (ORDER BY record) AS rejected_so_far
+          FROM rejected)
+    GROUP BY accepted_before
 ), numbered AS (
     SELECT a.rowid + 1 + coalesce(g.rejected_so_far, 0) AS record, a.*
     FROM text_rows a ASOF LEFT JOIN gaps g ON a.rowid + 1 > g.accepted_before
@@ -92,50 +107,89 @@ def _numbered_records_sql(header_lines: int) -> str:
 def _jsonl_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     """One line per record (the unit separator never occurs in valid JSON, so it never splits a line).
 
-    Lines are classified once into temp table `json_lines`, so JSON functions only ever see
-    lines that are JSON objects, and each line is parsed once.
+    Each line is classified as it is read, so JSON functions only ever see lines that are JSON
+    objects, and each line is parsed once.
     """
     _read_text_records(
         con, path,
         "columns = {'line': 'VARCHAR'}, header = false, delim = '\\x1f', quote = '', escape = '',"
         " auto_detect = false, strict_mode = false",
+        columns="line, json_valid(line) AND starts_with(ltrim(line), '{') AS is_object",
     )
-    con.execute("DROP TABLE IF EXISTS json_lines")
-    con.execute(
-        "CREATE TEMP TABLE json_lines AS " + _numbered_records_sql(header_lines=0)
-        + " SELECT record, line, json_valid(line) AS valid, starts_with(ltrim(line), '{') AS braced"
-        " FROM numbered WHERE trim(line) <> ''"
-    )
-    return _rejected_cte(header_lines=0) + _JSONL_SELECT
+    return _numbered_records_sql(header_lines=0) + _JSONL_SELECT
 
 
 def _jsonl_select() -> str:
-    """A field holding an object or array comes out as its JSON text, which the contract rejects."""
+    """A scalar field holding an object or array (its extracted text starts with '{' or '[') is a
+    parse error; the JSON type is looked up only for those rare rows."""
     paths = ", ".join(f"'$.{field}'" for field in _FIELDS)
+    scalars = [(i + 1, field) for i, field in enumerate(_FIELDS) if field != "context"]
     fields = ", ".join(f"fields[{i + 1}] AS {field}" for i, field in enumerate(_FIELDS))
     nulls = ", ".join(f"NULL::VARCHAR AS {field}" for field in _FIELDS)
+    maybe_nested = " OR ".join(f"left(fields[{i}], 1) IN ('{{', '[')" for i, _ in scalars)
+    nested = _nested_fields_error(
+        {field: f"json_type(line, '$.{field}') IN ('OBJECT', 'ARRAY')" for _, field in scalars}
+    )
     return f"""
-SELECT record AS source_row, line AS raw, NULL::VARCHAR AS parse_error, {fields}
-FROM (SELECT record, line, json_extract_string(line, [{paths}]) AS fields FROM json_lines WHERE valid AND braced)
+SELECT record AS source_row, line AS raw,
+       CASE WHEN {maybe_nested} THEN {nested} END AS parse_error,
+       {fields}
+FROM (SELECT record, line, json_extract_string(line, [{paths}]) AS fields FROM numbered WHERE is_object)
 UNION ALL
-SELECT record, line, CASE WHEN valid THEN 'JSON line is not an object' ELSE 'invalid JSON' END, {nulls}
-FROM json_lines WHERE NOT (valid AND braced)
+SELECT record, line, CASE WHEN json_valid(line) THEN 'JSON line is not an object' ELSE 'invalid JSON' END, {nulls}
+FROM numbered WHERE NOT is_object AND trim(line, {WHITESPACE}) <> ''
 UNION ALL
 SELECT record, csv_line, 'unreadable line: ' || errors, {nulls} FROM rejected"""
+
+
+def _nested_fields_error(is_nested: dict[str, str]) -> str:
+    """SQL naming the fields (by their `is_nested` conditions) that hold an object or array."""
+    names = ", ".join(f"CASE WHEN {condition} THEN '{field}' END" for field, condition in is_nested.items())
+    return f"'object or array where a string or number belongs: ' || nullif(concat_ws(', ', {names}), '')"
 
 
 _JSONL_SELECT = _jsonl_select()
 
 
 def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
-    _read_text_records(con, path, "all_varchar = true, header = true, strict_mode = true")
-    present = _columns(con, "text_rows")
-    fields = ", ".join(f'"{f}"' if f in present else f"NULL::VARCHAR AS {f}" for f in _FIELDS)
+    """Comma-separated, double-quoted, with a header. The header is read here rather than sniffed,
+    so DuckDB's reader runs with fixed options and quarantines every unparseable record."""
+    header = _csv_header(path)
+    if not header:
+        return _EMPTY_SOURCE
+    _read_text_records(
+        con, path,
+        "columns = $columns, header = true, auto_detect = false, delim = ',', quote = '\"',"
+        " escape = '\"', strict_mode = true",
+        parameters={"columns": {name: "VARCHAR" for name in header}},
+    )
+    fields = ", ".join(f'"{f}"' if f in header else f"NULL::VARCHAR AS {f}" for f in _FIELDS)
     nulls = ", ".join(f"NULL::VARCHAR AS {field}" for field in _FIELDS)
     return _numbered_records_sql(header_lines=1) + f"""
 SELECT record AS source_row, NULL::VARCHAR AS raw, NULL::VARCHAR AS parse_error, {fields} FROM numbered
 UNION ALL
 SELECT record, csv_line, 'unparseable CSV record: ' || errors, {nulls} FROM rejected"""
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names of the first line; an empty file has none (and no rows)."""
+    compressed = path.name.lower().endswith(".gz")
+    if compressed and path.stat().st_size == 0:
+        raise UnreadableFileError("an empty file is not a gzip stream")
+    with (gzip.open if compressed else open)(path, "rb") as handle:
+        first_line = handle.readline(MAX_LINE_BYTES).decode("utf-8-sig")
+    header = [name.strip() for name in next(csv.reader([first_line]), [])]
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates or "" in header:
+        raise UnreadableFileError(f"the CSV header has empty or repeated column names: {duplicates}")
+    return header
+
+
+_EMPTY_SOURCE = (
+    "SELECT NULL::BIGINT AS source_row, NULL::VARCHAR AS raw, NULL::VARCHAR AS parse_error, "
+    + ", ".join(f"NULL::VARCHAR AS {field}" for field in _FIELDS)
+    + " WHERE false"
+)
 
 
 # --- Parquet ----------------------------------------------------------------------------------
@@ -144,11 +198,21 @@ SELECT record, csv_line, 'unparseable CSV record: ' || errors, {nulls} FROM reje
 def _parquet_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     con.read_parquet(str(path), file_row_number=True).create_view("parquet_rows", replace=True)
     types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE parquet_rows)").fetchall())
+    nested = {
+        field: f'"{field}" IS NOT NULL'
+        for field in _FIELDS
+        if field != "context" and field in types and _is_nested(types[field])
+    }
+    parse_error = _nested_fields_error(nested) if nested else "NULL::VARCHAR"
     return (
-        "SELECT file_row_number + 1 AS source_row, NULL::VARCHAR AS raw, NULL::VARCHAR AS parse_error, "
+        f"SELECT file_row_number + 1 AS source_row, NULL::VARCHAR AS raw, {parse_error} AS parse_error, "
         + ", ".join(_parquet_field(field, types.get(field)) for field in _FIELDS)
         + " FROM parquet_rows"
     )
+
+
+def _is_nested(data_type: str) -> bool:
+    return data_type.startswith(("STRUCT", "MAP", "UNION")) or data_type.endswith("]")
 
 
 def _parquet_field(field: str, data_type: str | None) -> str:
@@ -156,7 +220,7 @@ def _parquet_field(field: str, data_type: str | None) -> str:
         return f"NULL::VARCHAR AS {field}"
     if data_type == "VARCHAR":
         return f'"{field}"'
-    if field == "context" or data_type.startswith(("STRUCT", "MAP")) or data_type.endswith("[]"):
+    if field == "context" or _is_nested(data_type):
         return f'to_json("{field}")::VARCHAR AS {field}'
     return f'"{field}"::VARCHAR AS {field}'
 
