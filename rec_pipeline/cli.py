@@ -60,13 +60,7 @@ def simulate(
 @one_line_errors
 def ingest(paths: Annotated[list[Path], typer.Argument(help="Event files or folders of them.")], as_json: JsonFlag = False) -> None:
     """Land event files through the landing job, in-process; folders are searched for event files."""
-    files = expand_event_files(paths)
-    runs = land_files(files)
-    summary = summarize(runs)
-    if as_json:
-        print(json.dumps(summary))
-    else:
-        print_landing_table(runs, summary)
+    summary = report_landing(land_files(expand_event_files(paths)), as_json)
     if summary["failed"]:
         print(f"rec-pipeline: {summary['failed']} file(s) could not be read (see ingested_files)", file=sys.stderr)
         raise typer.Exit(1)
@@ -77,9 +71,8 @@ def ingest(paths: Annotated[list[Path], typer.Argument(help="Event files or fold
 def status(as_json: JsonFlag = False) -> None:
     """Counts of events, rejected rows, users, items and batches in the warehouse."""
     from rec_pipeline.core.status import warehouse_status
-    from rec_pipeline.core.warehouse import Warehouse
 
-    with Warehouse(Settings.from_env().warehouse_path).connect() as con:
+    with Settings.from_env().warehouse().connect() as con:
         counts = warehouse_status(con)
     if as_json:
         print(json.dumps(counts))
@@ -94,9 +87,8 @@ def status(as_json: JsonFlag = False) -> None:
 @one_line_errors
 def batches(as_json: JsonFlag = False, limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
     """The latest batches with their landing counts, quality status and failed checks."""
-    from rec_pipeline.core.warehouse import Warehouse
 
-    with Warehouse(Settings.from_env().warehouse_path).connect() as con:
+    with Settings.from_env().warehouse().connect() as con:
         rows = con.execute("SELECT * FROM batch_overview ORDER BY landed_at DESC LIMIT ?", [limit])
         names = [column[0] for column in rows.description]
         records = [dict(zip(names, row)) for row in rows.fetchall()]
@@ -125,9 +117,8 @@ def drop(batch_id: str) -> None:
 
 def _decide(batch_id: str, decision: str) -> None:
     from rec_pipeline.core.batches import set_operator_decision
-    from rec_pipeline.core.warehouse import Warehouse
 
-    with Warehouse(Settings.from_env().warehouse_path).connect() as con:
+    with Settings.from_env().warehouse().connect() as con:
         try:
             set_operator_decision(con, batch_id, decision)
         except KeyError as error:
@@ -145,15 +136,13 @@ def movielens(
     from rec_pipeline.core.catalogue import upsert_items
     from rec_pipeline.core.event_files import write_events
     from rec_pipeline.core.movielens import load_movielens
-    from rec_pipeline.core.warehouse import Warehouse
 
     settings = Settings.from_env()
     data = load_movielens(path)
     events_file = write_events(data.events, settings.home / "imports" / f"movielens-{data.layout}.parquet")
-    with Warehouse(settings.warehouse_path).connect() as con:
+    with settings.warehouse().connect() as con:
         upsert_items(con, data.items)
-    summary = summarize(land_files([events_file]))
-    print(json.dumps(summary) if as_json else f"{data.layout}: {summary}")
+    report_landing(land_files([events_file]), as_json)
 
 
 @app.command()
@@ -174,18 +163,12 @@ def run(
     offset = _simulated_so_far(settings, seed)
     files = _write_simulated_files(simulator, settings.landing_dir, seed, offset, events, events_per_file)
     _upsert_catalogue(settings, simulator)
-    runs = land_files(files)
-    summary = summarize(runs)
-    if as_json:
-        print(json.dumps(summary))
-    else:
-        print_landing_table(runs, summary)
+    report_landing(land_files(files), as_json)
 
 
 def _simulated_so_far(settings: Settings, seed: int) -> int:
-    from rec_pipeline.core.warehouse import Warehouse
 
-    with Warehouse(settings.warehouse_path).connect() as con:
+    with settings.warehouse().connect() as con:
         return con.execute("SELECT count(*) FROM events WHERE starts_with(event_id, ?)", [f"sim{seed}-"]).fetchone()[0]
 
 
@@ -201,9 +184,8 @@ def _write_simulated_files(simulator, folder: Path, seed: int, offset: int, even
 
 def _upsert_catalogue(settings: Settings, simulator) -> None:
     from rec_pipeline.core.catalogue import upsert_items
-    from rec_pipeline.core.warehouse import Warehouse
 
-    with Warehouse(settings.warehouse_path).connect() as con:
+    with settings.warehouse().connect() as con:
         upsert_items(con, simulator.catalogue())
 
 
@@ -264,6 +246,15 @@ def summarize(runs) -> dict:
         "held_back": sum(run.quality_status == "failed" for run in runs),
         "batches": [run.report.as_dict() | {"quality_status": run.quality_status} for run in runs],
     }
+
+
+def report_landing(runs, as_json: bool) -> dict:
+    summary = summarize(runs)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        print_landing_table(runs, summary)
+    return summary
 
 
 def print_landing_table(runs, summary: dict) -> None:

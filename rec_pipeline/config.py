@@ -6,18 +6,29 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from rec_pipeline.core.warehouse import Warehouse
+
 DEFAULT_HOME = "rec_pipeline_home"
+DEFAULT_MEMORY_LIMIT = "1GB"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """All paths derive from one folder, `REC_PIPELINE_HOME` (default: ./rec_pipeline_home)."""
+    """All paths derive from one folder, `REC_PIPELINE_HOME` (default: ./rec_pipeline_home);
+    `REC_PIPELINE_MEMORY_LIMIT` caps DuckDB's memory per connection (default 1GB)."""
 
     home: Path
+    memory_limit: str = DEFAULT_MEMORY_LIMIT
 
     @classmethod
     def from_env(cls) -> Settings:
-        return cls(home=Path(os.environ.get("REC_PIPELINE_HOME", DEFAULT_HOME)).absolute())
+        return cls(
+            home=Path(os.environ.get("REC_PIPELINE_HOME", DEFAULT_HOME)).absolute(),
+            memory_limit=os.environ.get("REC_PIPELINE_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT),
+        )
+
+    def warehouse(self) -> Warehouse:
+        return Warehouse(self.warehouse_path, memory_limit=self.memory_limit)
 
     @property
     def warehouse_path(self) -> Path:

@@ -962,3 +962,20 @@ def test_random_jsonl_mixes_are_fully_accounted_and_round_trip(tmp_path, now):
                                                                     if kind == "invalid"]
 
     run()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_record_numbers_stay_exact_in_a_file_read_in_parallel(warehouse, land, write_file, suffix):
+    """DuckDB reads a large file on several threads; every record keeps its own number."""
+    n = 200_000
+    bad_rows = {17, 18, 99_999, 150_000, n}  # includes two adjacent ones and the last record
+    if suffix == ".jsonl":
+        lines = [b'{"bad' if i in bad_rows else json.dumps(event(f"e{i}")).encode() for i in range(1, n + 1)]
+        data = b"\n".join(lines) + b"\n"
+    else:
+        records = [csv_record(f"e{i}") + (",x,y" if i in bad_rows else "") for i in range(1, n + 1)]
+        data = csv(*records).encode()
+    batch = check(warehouse, land(write_file(f"big{suffix}", data)), read=n, landed=n - len(bad_rows),
+                  rejected=len(bad_rows))
+    assert sorted(r["source_row"] for r in batch.rejected) == sorted(bad_rows)
+    assert all(r["event_id"] == f"e{r['source_row']}" for r in batch.landed)

@@ -20,7 +20,14 @@ import duckdb
 
 from rec_pipeline.core.contract import EventContract
 from rec_pipeline.core.normalize import contract_parameters, normalize_sql
-from rec_pipeline.core.sources import UnreadableFileError, UnsupportedFormatError, detect_format, source_relation
+from rec_pipeline.core.sources import (
+    REJECTS_TABLE,
+    UnreadableFileError,
+    UnsupportedFormatError,
+    detect_format,
+    drop_reader_tables,
+    record_source,
+)
 from rec_pipeline.core.warehouse import Warehouse
 
 # Errors that mean "this file cannot be read"; anything else is a bug and propagates.
@@ -37,6 +44,8 @@ UNREADABLE_FILE_ERRORS = (
 )
 
 _EVENT_FIELDS = "event_id, user_id, item_id, event_type, ts, value, session_id, context"
+# A staged record without a number is numbered by its position (see _stage_rows).
+_ROW_NUMBER = "coalesce(source_row, rowid + 1)"
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,7 @@ def _land_in_transaction(
     try:
         rejected = _insert_rejects(con, batch_id, path)
         landed = _insert_new_events(con, batch_id)
-        read = con.execute("SELECT count(*) FROM batch_rows").fetchone()[0]
+        read = con.execute("SELECT count(*) FROM batch_rows WHERE NOT skip").fetchone()[0]
         duplicates = read - landed - rejected
         if duplicates < 0:
             raise AccountingError(f"{path}: read {read} < landed {landed} + rejected {rejected}")
@@ -138,32 +147,65 @@ def _land_in_transaction(
 
 
 def _stage_rows(con: duckdb.DuckDBPyConnection, path: Path, contract: EventContract, now: datetime) -> None:
-    """Read and normalize the file into temp table `batch_rows`; nothing in the warehouse changes."""
+    """Read and normalize the file into temp table `batch_rows` in one pass (DuckDB spills it to
+    disk beyond its memory limit); nothing in the warehouse changes."""
+    source = record_source(path)
+    parameters = contract_parameters(contract, now)
     con.execute("DROP TABLE IF EXISTS batch_rows")
-    con.execute(
-        f"CREATE TEMP TABLE batch_rows AS {normalize_sql(source_relation(con, path))}",
-        contract_parameters(contract, now),
-    )
+    drop_reader_tables(con)
+    con.execute(f"CREATE TEMP TABLE batch_rows AS {normalize_sql(source.records)}", parameters | source.parameters)
+    if source.rejected is None:
+        return
+    if con.execute(f"SELECT count(*) FROM {REJECTS_TABLE}").fetchone()[0] == 0:
+        return  # every record's number is its position: see _ROW_NUMBER
+    _number_around_rejected_records(con, source.rejected)
+    con.execute(f"INSERT INTO batch_rows {normalize_sql(source.rejected)}", parameters)
+
+
+def _number_around_rejected_records(con: duckdb.DuckDBPyConnection, rejected_sql: str) -> None:
+    """The reader's accepted records are numbered by their position (a fresh table's rowids follow
+    the file order); each rejected record before one shifts its number by one (an ASOF join)."""
+    con.execute(f"""
+        UPDATE batch_rows SET source_row = numbered.source_row
+        FROM (
+            SELECT b.rowid AS position, b.rowid + 1 + coalesce(g.rejected_so_far, 0) AS source_row
+            FROM batch_rows b ASOF LEFT JOIN (
+                -- adjacent rejected records share `accepted_before`: keep the count after the last
+                SELECT accepted_before, max(rejected_so_far) AS rejected_so_far
+                FROM (SELECT source_row - row_number() OVER (ORDER BY source_row) AS accepted_before,
+                             row_number() OVER (ORDER BY source_row) AS rejected_so_far
+                      FROM ({rejected_sql}))
+                GROUP BY accepted_before
+            ) g ON b.rowid + 1 > g.accepted_before
+        ) numbered
+        WHERE batch_rows.rowid = numbered.position""")
 
 
 def _insert_rejects(con: duckdb.DuckDBPyConnection, batch_id: str, path: Path) -> int:
     return con.execute(
         f"""INSERT INTO events_rejected
-            SELECT $batch_id, $path, source_row, raw, reason, {_EVENT_FIELDS}
-            FROM batch_rows WHERE reason IS NOT NULL""",
+            SELECT $batch_id, $path, {_ROW_NUMBER}, raw, reason, {_EVENT_FIELDS}
+            FROM batch_rows WHERE reason IS NOT NULL AND NOT skip""",
         {"batch_id": batch_id, "path": str(path)},
     ).fetchone()[0]
 
 
 def _insert_new_events(con: duckdb.DuckDBPyConnection, batch_id: str) -> int:
-    """First occurrence of each event_id in the file, and only if the warehouse lacks it."""
+    """First occurrence of each event_id in the file, and only if the warehouse lacks it.
+
+    Files rarely repeat an event_id, so the costlier first-occurrence filter runs only when one does.
+    """
+    repeats = con.execute(
+        "SELECT count(event_id) - count(DISTINCT event_id) FROM batch_rows WHERE reason IS NULL"
+    ).fetchone()[0]
+    first_only = f"QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY {_ROW_NUMBER}) = 1" if repeats else ""
     return con.execute(
         f"""INSERT INTO events
-            SELECT {_EVENT_FIELDS}, $batch_id, source_row
+            SELECT {_EVENT_FIELDS}, $batch_id, {_ROW_NUMBER}
             FROM batch_rows b
             WHERE reason IS NULL
               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = b.event_id)
-            QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY source_row) = 1""",
+            {first_only}""",
         {"batch_id": batch_id},
     ).fetchone()[0]
 

@@ -16,7 +16,7 @@ from rec_pipeline.core.sources import WHITESPACE
 EPOCH_MILLIS_FROM = 1e11
 
 NORMALIZED_COLUMNS = (
-    "source_row", "event_id", "user_id", "item_id", "event_type", "ts", "value",
+    "source_row", "skip", "event_id", "user_id", "item_id", "event_type", "ts", "value",
     "session_id", "context", "reason", "raw",
 )
 
@@ -25,7 +25,7 @@ def normalize_sql(source_sql: str) -> str:
     """SELECT of NORMALIZED_COLUMNS over `source_sql`; bind with `contract_parameters`."""
     return f"""
 WITH trimmed AS (
-    SELECT source_row, raw, parse_error,
+    SELECT source_row, skip, raw, parse_error,
            nullif(trim(event_id, {WHITESPACE}), '') AS event_id,
            nullif(trim(user_id, {WHITESPACE}), '') AS user_id,
            nullif(trim(item_id, {WHITESPACE}), '') AS item_id,
@@ -44,7 +44,7 @@ WITH trimmed AS (
            TRY_CAST(value_text AS DOUBLE) AS value
     FROM (SELECT *, TRY_CAST(ts_text AS DOUBLE) AS epoch FROM trimmed)
 ), checked AS (
-SELECT source_row, raw, event_id, ts_text, value_text,
+SELECT source_row, skip, raw, event_id, ts_text, value_text,
        user_id, item_id, event_type, ts, value, session_id, context,
        coalesce(parse_error, nullif(concat_ws('; ',
            {_id_rule("user_id", required=True)},
@@ -72,7 +72,7 @@ SELECT source_row, raw, event_id, ts_text, value_text,
 FROM typed
 )
 -- Rejected rows keep the source's event_id (or none): a content hash of a broken row means nothing.
-SELECT source_row,
+SELECT source_row, skip,
        CASE WHEN reason IS NULL AND event_id IS NULL
             THEN 'h-' || md5(to_json(struct_pack(user_id, item_id, event_type, ts := epoch_us(ts),
                                                  value, session_id, context))::VARCHAR)

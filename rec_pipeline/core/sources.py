@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -51,95 +52,80 @@ def detect_format(path: Path) -> str:
     )
 
 
-def source_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
-    """A SQL query over the file's records, valid on this connection until the next file is read."""
-    readers = {"jsonl": _jsonl_relation, "csv": _csv_relation, "parquet": _parquet_relation}
-    return readers[detect_format(path)](con, path)
+@dataclass(frozen=True)
+class RecordSource:
+    """How to read one file, as SQL to run on one connection.
+
+    `records` selects the records the reader could parse, in file order, with columns
+    `source_row` (NULL where the record's position in the result gives its number), `skip` (blank
+    lines, not rows), `raw`, `parse_error` and the contract fields as VARCHAR. `rejected`, run after
+    `records`, selects the records the reader could not parse with their record numbers (and
+    `rejected_count` counts them); None when the reader rejects nothing itself.
+    """
+
+    records: str
+    parameters: dict
+    rejected: str | None = None
+
+
+def record_source(path: Path) -> RecordSource:
+    readers = {"jsonl": _jsonl_source, "csv": _csv_source, "parquet": _parquet_source}
+    return readers[detect_format(path)](path)
 
 
 # --- JSON Lines and CSV: DuckDB's CSV reader, unparseable records kept aside ------------------
 
+REJECTS_TABLE = "text_rejects"
+_READ_CSV = (
+    "read_csv($path, store_rejects = true, rejects_table = 'text_rejects', rejects_scan = 'text_reject_scans',"
+    f" max_line_size = {MAX_LINE_BYTES}, {{options}})"
+)
+_NULL_FIELDS = ", ".join(f"NULL::VARCHAR AS {field}" for field in _FIELDS)
 
-def _read_text_records(
-    con: duckdb.DuckDBPyConnection, path: Path, options: str, columns: str = "*", parameters: dict | None = None
-) -> None:
-    """Read the file into temp table `text_rows`, unparseable records into `text_rejects`.
 
-    DuckDB streams the file on all threads and spills the table to disk beyond its memory limit.
-    A fresh table's rowids follow the file order, so `rowid + 1` is the accepted record's rank.
-    """
-    for table in ("text_rows", "text_rejects", "text_reject_scans"):
+def drop_reader_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB's reader refuses to overwrite its rejects tables: drop the last file's."""
+    for table in (REJECTS_TABLE, "text_reject_scans"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
-    con.execute(
-        f"CREATE TEMP TABLE text_rows AS SELECT {columns} FROM read_csv($path, store_rejects = true,"
-        " rejects_table = 'text_rejects', rejects_scan = 'text_reject_scans',"
-        f" max_line_size = {MAX_LINE_BYTES}, {options})",
-        {"path": str(path)} | (parameters or {}),
-    )
 
 
-def _rejected_cte(header_lines: int) -> str:
-    """`rejected`: the records DuckDB could not parse, one row per record with its errors."""
+def _rejected_sql(header_lines: int, label: str) -> str:
     return f"""
-WITH rejected AS (
-    SELECT line - {header_lines} AS record, first(csv_line) AS csv_line,
-           string_agg(DISTINCT lower(error_type), ', ') AS errors
-    FROM text_rejects GROUP BY line
-)"""
+SELECT line - {header_lines} AS source_row, false AS skip, first(csv_line) AS raw,
+       '{label}: ' || string_agg(DISTINCT lower(error_type), ', ') AS parse_error, {_NULL_FIELDS}
+FROM {REJECTS_TABLE} GROUP BY line"""
 
 
-def _numbered_records_sql(header_lines: int) -> str:
-    """`numbered`: accepted records of `text_rows` with their record numbers, recovered by counting
-    the rejected records before each (an ASOF join)."""
-    return _rejected_cte(header_lines) + """, gaps AS (
-    -- adjacent rejected records share `accepted_before`: keep the count after the last of them
-    SELECT accepted_before, max(rejected_so_far) AS rejected_so_far
-    FROM (SELECT record - row_number() OVER (ORDER BY record) AS accepted_before,
-                 row_number() OVER (ORDER BY record) AS rejected_so_far
-          FROM rejected)
-    GROUP BY accepted_before
-), numbered AS (
-    SELECT a.rowid + 1 + coalesce(g.rejected_so_far, 0) AS record, a.*
-    FROM text_rows a ASOF LEFT JOIN gaps g ON a.rowid + 1 > g.accepted_before
-)"""
+def _jsonl_source(path: Path) -> RecordSource:
+    """One line per record: the unit separator never occurs in valid JSON, so it never splits a line.
 
-
-def _jsonl_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
-    """One line per record (the unit separator never occurs in valid JSON, so it never splits a line).
-
-    Each line is classified as it is read, so JSON functions only ever see lines that are JSON
-    objects, and each line is parsed once.
+    JSON functions only ever see lines that are JSON objects (CASE evaluates its branch only for
+    the rows that take it), and each line is parsed once. A scalar field holding an object or array
+    (its text starts with '{' or '[') is looked up again, for those rare rows only.
     """
-    _read_text_records(
-        con, path,
-        "columns = {'line': 'VARCHAR'}, header = false, delim = '\\x1f', quote = '', escape = '',"
-        " auto_detect = false, strict_mode = false",
-        columns="line, json_valid(line) AND starts_with(ltrim(line), '{') AS is_object",
-    )
-    return _numbered_records_sql(header_lines=0) + _JSONL_SELECT
-
-
-def _jsonl_select() -> str:
-    """A scalar field holding an object or array (its extracted text starts with '{' or '[') is a
-    parse error; the JSON type is looked up only for those rare rows."""
+    options = ("columns = {'line': 'VARCHAR'}, header = false, delim = '\\x1f', quote = '', escape = '',"
+               " auto_detect = false, strict_mode = false")
     paths = ", ".join(f"'$.{field}'" for field in _FIELDS)
     scalars = [(i + 1, field) for i, field in enumerate(_FIELDS) if field != "context"]
     fields = ", ".join(f"fields[{i + 1}] AS {field}" for i, field in enumerate(_FIELDS))
-    nulls = ", ".join(f"NULL::VARCHAR AS {field}" for field in _FIELDS)
     maybe_nested = " OR ".join(f"left(fields[{i}], 1) IN ('{{', '[')" for i, _ in scalars)
     nested = _nested_fields_error(
         {field: f"json_type(line, '$.{field}') IN ('OBJECT', 'ARRAY')" for _, field in scalars}
     )
-    return f"""
-SELECT record AS source_row, line AS raw,
-       CASE WHEN {maybe_nested} THEN {nested} END AS parse_error,
+    records = f"""
+SELECT NULL::BIGINT AS source_row, skip, line AS raw,
+       CASE WHEN skip THEN 'blank line'
+            WHEN NOT is_object THEN CASE WHEN json_valid(line) THEN 'JSON line is not an object' ELSE 'invalid JSON' END
+            WHEN {maybe_nested} THEN {nested}
+       END AS parse_error,
        {fields}
-FROM (SELECT record, line, json_extract_string(line, [{paths}]) AS fields FROM numbered WHERE is_object)
-UNION ALL
-SELECT record, line, CASE WHEN json_valid(line) THEN 'JSON line is not an object' ELSE 'invalid JSON' END, {nulls}
-FROM numbered WHERE NOT is_object AND trim(line, {WHITESPACE}) <> ''
-UNION ALL
-SELECT record, csv_line, 'unreadable line: ' || errors, {nulls} FROM rejected"""
+FROM (
+    SELECT line, skip, is_object, CASE WHEN is_object THEN json_extract_string(line, [{paths}]) END AS fields
+    FROM (SELECT line, coalesce(trim(line, {WHITESPACE}), '') = '' AS skip,
+                 json_valid(line) AND starts_with(ltrim(line), '{{') AS is_object
+          FROM {_READ_CSV.format(options=options)})
+)"""
+    return RecordSource(records, {"path": str(path)}, _rejected_sql(0, "unreadable line"))
 
 
 def _nested_fields_error(is_nested: dict[str, str]) -> str:
@@ -148,27 +134,19 @@ def _nested_fields_error(is_nested: dict[str, str]) -> str:
     return f"'object or array where a string or number belongs: ' || nullif(concat_ws(', ', {names}), '')"
 
 
-_JSONL_SELECT = _jsonl_select()
-
-
-def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
+def _csv_source(path: Path) -> RecordSource:
     """Comma-separated, double-quoted, with a header. The header is read here rather than sniffed,
     so DuckDB's reader runs with fixed options and quarantines every unparseable record."""
     header = _csv_header(path)
     if not header:
-        return _EMPTY_SOURCE
-    _read_text_records(
-        con, path,
-        "columns = $columns, header = true, auto_detect = false, delim = ',', quote = '\"',"
-        " escape = '\"', strict_mode = true",
-        parameters={"columns": {name: "VARCHAR" for name in header}},
-    )
+        return RecordSource(_EMPTY_RECORDS, {})
+    options = ("columns = $columns, header = true, auto_detect = false, delim = ',', quote = '\"',"
+               " escape = '\"', strict_mode = true")
     fields = ", ".join(f'"{f}"' if f in header else f"NULL::VARCHAR AS {f}" for f in _FIELDS)
-    nulls = ", ".join(f"NULL::VARCHAR AS {field}" for field in _FIELDS)
-    return _numbered_records_sql(header_lines=1) + f"""
-SELECT record AS source_row, NULL::VARCHAR AS raw, NULL::VARCHAR AS parse_error, {fields} FROM numbered
-UNION ALL
-SELECT record, csv_line, 'unparseable CSV record: ' || errors, {nulls} FROM rejected"""
+    records = (f"SELECT NULL::BIGINT AS source_row, false AS skip, NULL::VARCHAR AS raw, NULL::VARCHAR AS parse_error,"
+               f" {fields} FROM {_READ_CSV.format(options=options)}")
+    parameters = {"path": str(path), "columns": {name: "VARCHAR" for name in header}}
+    return RecordSource(records, parameters, _rejected_sql(1, "unparseable CSV record"))
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -185,45 +163,45 @@ def _csv_header(path: Path) -> list[str]:
     return header
 
 
-_EMPTY_SOURCE = (
-    "SELECT NULL::BIGINT AS source_row, NULL::VARCHAR AS raw, NULL::VARCHAR AS parse_error, "
-    + ", ".join(f"NULL::VARCHAR AS {field}" for field in _FIELDS)
-    + " WHERE false"
+_EMPTY_RECORDS = (
+    "SELECT NULL::BIGINT AS source_row, false AS skip, NULL::VARCHAR AS raw, NULL::VARCHAR AS parse_error, "
+    + _NULL_FIELDS + " WHERE false"
 )
 
 
 # --- Parquet ----------------------------------------------------------------------------------
 
 
-def _parquet_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
-    con.read_parquet(str(path), file_row_number=True).create_view("parquet_rows", replace=True)
-    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE parquet_rows)").fetchall())
+def _parquet_source(path: Path) -> RecordSource:
+    """Typed columns are read as text, so one set of contract rules serves every format."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as error:  # pyarrow raises several types for a file that is not Parquet
+        raise UnreadableFileError(f"not a readable Parquet file: {error}") from error
+    types = {name: str(schema.field(name).type) for name in schema.names}
     nested = {
         field: f'"{field}" IS NOT NULL'
         for field in _FIELDS
         if field != "context" and field in types and _is_nested(types[field])
     }
     parse_error = _nested_fields_error(nested) if nested else "NULL::VARCHAR"
-    return (
-        f"SELECT file_row_number + 1 AS source_row, NULL::VARCHAR AS raw, {parse_error} AS parse_error, "
-        + ", ".join(_parquet_field(field, types.get(field)) for field in _FIELDS)
-        + " FROM parquet_rows"
-    )
+    fields = ", ".join(_parquet_field(field, types.get(field)) for field in _FIELDS)
+    records = (f"SELECT file_row_number + 1 AS source_row, false AS skip, NULL::VARCHAR AS raw,"
+               f" {parse_error} AS parse_error, {fields} FROM read_parquet($path, file_row_number = true)")
+    return RecordSource(records, {"path": str(path)})
 
 
-def _is_nested(data_type: str) -> bool:
-    return data_type.startswith(("STRUCT", "MAP", "UNION")) or data_type.endswith("]")
+def _is_nested(arrow_type: str) -> bool:
+    return arrow_type.startswith(("struct", "map", "list", "large_list", "fixed_size_list", "dense_union", "sparse_union"))
 
 
-def _parquet_field(field: str, data_type: str | None) -> str:
-    if data_type is None:
+def _parquet_field(field: str, arrow_type: str | None) -> str:
+    if arrow_type is None:
         return f"NULL::VARCHAR AS {field}"
-    if data_type == "VARCHAR":
+    if arrow_type in ("string", "large_string", "string_view"):
         return f'"{field}"'
-    if field == "context" or _is_nested(data_type):
+    if field == "context" or _is_nested(arrow_type):
         return f'to_json("{field}")::VARCHAR AS {field}'
     return f'"{field}"::VARCHAR AS {field}'
-
-
-def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    return {row[0] for row in con.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}

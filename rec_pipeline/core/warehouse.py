@@ -69,11 +69,15 @@ def _is_lock_error(error: duckdb.Error) -> bool:
 
 
 class Warehouse:
-    """Opens the warehouse file; the first read-write connection of a process brings the schema up to date."""
+    """Opens the warehouse file; the first read-write connection of a process brings the schema up
+    to date. `memory_limit` caps DuckDB's memory per connection."""
 
-    def __init__(self, path: Path, lock_timeout_s: float = 120.0, sql_dir: Path = SQL_DIR):
+    def __init__(
+        self, path: Path, lock_timeout_s: float = 120.0, memory_limit: str = "1GB", sql_dir: Path = SQL_DIR
+    ):
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        self.memory_limit = memory_limit
         self.sql_dir = sql_dir
         self._migrated = False
 
@@ -85,6 +89,10 @@ class Warehouse:
         con = self._open(read_only)
         try:
             con.execute("SET TimeZone = 'UTC'")
+            # Bounded memory: beyond the limit DuckDB spills temp tables next to the file.
+            con.execute("SET memory_limit = ?", [self.memory_limit])
+            # Landing numbers records by their position in a fresh temp table.
+            con.execute("SET preserve_insertion_order = true")
             if not read_only and not self._migrated:
                 apply_migrations(con, self.sql_dir)
                 self._migrated = True

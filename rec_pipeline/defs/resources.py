@@ -2,7 +2,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from rec_pipeline.config import Settings
+from rec_pipeline.config import DEFAULT_MEMORY_LIMIT, Settings
 from rec_pipeline.core.warehouse import Warehouse
 
 # Every step that opens the warehouse file joins this pool; dagster.yaml gives pools one slot,
@@ -14,15 +14,19 @@ class PipelineResource(dg.ConfigurableResource):
     """The pipeline's home folder and its DuckDB warehouse (`REC_PIPELINE_HOME`)."""
 
     home: str
+    memory_limit: str = DEFAULT_MEMORY_LIMIT
 
     @property
     def settings(self) -> Settings:
-        return Settings(home=Path(self.home))
+        return Settings(home=Path(self.home), memory_limit=self.memory_limit)
 
     def warehouse(self) -> Warehouse:
-        return Warehouse(self.settings.warehouse_path)
+        return self.settings.warehouse()
 
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    return dg.Definitions(resources={"pipeline": PipelineResource(home=str(Settings.from_env().home))})
+    settings = Settings.from_env()
+    return dg.Definitions(
+        resources={"pipeline": PipelineResource(home=str(settings.home), memory_limit=settings.memory_limit)}
+    )
