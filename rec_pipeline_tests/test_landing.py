@@ -979,3 +979,22 @@ def test_record_numbers_stay_exact_in_a_file_read_in_parallel(warehouse, land, w
                   rejected=len(bad_rows))
     assert sorted(r["source_row"] for r in batch.rejected) == sorted(bad_rows)
     assert all(r["event_id"] == f"e{r['source_row']}" for r in batch.landed)
+
+
+def test_an_accounting_mismatch_rolls_the_whole_batch_back(warehouse, write_file, monkeypatch):
+    """If the counts disagree after the inserts, nothing of the file stays in the warehouse."""
+    from rec_pipeline.core import landing
+
+    real_insert = landing._insert_new_events
+
+    def insert_then_disagree(con, batch_id):
+        real_insert(con, batch_id)
+        raise landing.AccountingError("inserted 2 events, expected 1 new event ids")
+
+    monkeypatch.setattr(landing, "_insert_new_events", insert_then_disagree)
+    path = write_file("ok.jsonl", jsonl(event("e1"), event("e2", user_id="")))
+    with pytest.raises(landing.AccountingError):
+        landing.land_file(warehouse, path)
+    with warehouse.connect() as con:
+        for table in ("events", "events_rejected", "ingested_files"):
+            assert con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table

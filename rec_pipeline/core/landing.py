@@ -193,13 +193,16 @@ def _insert_rejects(con: duckdb.DuckDBPyConnection, batch_id: str, path: Path) -
 def _insert_new_events(con: duckdb.DuckDBPyConnection, batch_id: str) -> int:
     """First occurrence of each event_id in the file, and only if the warehouse lacks it.
 
+    The number inserted is checked against a count made beforehand, independently of the insert.
     Files rarely repeat an event_id, so the costlier first-occurrence filter runs only when one does.
     """
-    repeats = con.execute(
-        "SELECT count(event_id) - count(DISTINCT event_id) FROM batch_rows WHERE reason IS NULL"
-    ).fetchone()[0]
-    first_only = f"QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY {_ROW_NUMBER}) = 1" if repeats else ""
-    return con.execute(
+    valid, distinct, known = con.execute(
+        """SELECT count(b.event_id), count(DISTINCT b.event_id), count(DISTINCT e.event_id)
+           FROM batch_rows b LEFT JOIN (SELECT DISTINCT event_id FROM events) e USING (event_id)
+           WHERE b.reason IS NULL"""
+    ).fetchone()
+    first_only = f"QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY {_ROW_NUMBER}) = 1" if valid > distinct else ""
+    landed = con.execute(
         f"""INSERT INTO events
             SELECT {_EVENT_FIELDS}, $batch_id, {_ROW_NUMBER}
             FROM batch_rows b
@@ -208,6 +211,9 @@ def _insert_new_events(con: duckdb.DuckDBPyConnection, batch_id: str) -> int:
             {first_only}""",
         {"batch_id": batch_id},
     ).fetchone()[0]
+    if landed != distinct - known:
+        raise AccountingError(f"inserted {landed} events, expected {distinct - known} new event ids")
+    return landed
 
 
 def _record_failure(

@@ -15,14 +15,10 @@ from rec_pipeline.core.sources import WHITESPACE
 # Epoch numbers at or above this are milliseconds: 1e11 seconds is the year 5138, 1e11 ms is 1973.
 EPOCH_MILLIS_FROM = 1e11
 
-NORMALIZED_COLUMNS = (
-    "source_row", "skip", "event_id", "user_id", "item_id", "event_type", "ts", "value",
-    "session_id", "context", "reason", "raw",
-)
-
 
 def normalize_sql(source_sql: str) -> str:
-    """SELECT of NORMALIZED_COLUMNS over `source_sql`; bind with `contract_parameters`."""
+    """Typed, checked records over `source_sql` (a `RecordSource` query); bind with
+    `contract_parameters`. Columns: source_row, skip, the contract fields typed, reason, raw."""
     return f"""
 WITH trimmed AS (
     SELECT source_row, skip, raw, parse_error,
@@ -30,8 +26,8 @@ WITH trimmed AS (
            nullif(trim(user_id, {WHITESPACE}), '') AS user_id,
            nullif(trim(item_id, {WHITESPACE}), '') AS item_id,
            lower(nullif(trim(event_type, {WHITESPACE}), '')) AS event_type,
-           nullif(trim(ts, {WHITESPACE}), '') AS ts_text,
-           nullif(trim(value, {WHITESPACE}), '') AS value_text,
+           nullif(trim(ts), '') AS ts_text,
+           nullif(trim(value), '') AS value_text,
            nullif(trim(session_id, {WHITESPACE}), '') AS session_id,
            nullif(context, '') AS context
     FROM ({source_sql})
@@ -78,11 +74,11 @@ SELECT source_row, skip,
                                                  value, session_id, context))::VARCHAR)
             ELSE event_id END AS event_id,
        user_id, item_id, event_type, ts, value, session_id, context, reason,
-       -- the row as read, for a rejected row that has no raw line (CSV, Parquet)
-       CASE WHEN reason IS NOT NULL AND raw IS NULL
-            THEN to_json(struct_pack(event_id, user_id, item_id, event_type, ts := ts_text,
-                                     value := value_text, session_id, context))::VARCHAR
-            ELSE raw END AS raw
+       -- rejected rows only: the line as read, or the fields as read (CSV, Parquet)
+       CASE WHEN reason IS NOT NULL
+            THEN coalesce(raw, to_json(struct_pack(event_id, user_id, item_id, event_type, ts := ts_text,
+                                                   value := value_text, session_id, context))::VARCHAR)
+       END AS raw
 FROM checked"""
 
 

@@ -120,9 +120,9 @@ SELECT NULL::BIGINT AS source_row, skip, line AS raw,
        END AS parse_error,
        {fields}
 FROM (
-    SELECT line, skip, is_object, CASE WHEN is_object THEN json_extract_string(line, [{paths}]) END AS fields
-    FROM (SELECT line, coalesce(trim(line, {WHITESPACE}), '') = '' AS skip,
-                 json_valid(line) AND starts_with(ltrim(line), '{{') AS is_object
+    SELECT line, is_object, CASE WHEN is_object THEN json_extract_string(line, [{paths}]) END AS fields,
+           CASE WHEN is_object THEN false ELSE coalesce(trim(line, {WHITESPACE}), '') = '' END AS skip
+    FROM (SELECT line, json_valid(line) AND starts_with(ltrim(line), '{{') AS is_object
           FROM {_READ_CSV.format(options=options)})
 )"""
     return RecordSource(records, {"path": str(path)}, _rejected_sql(0, "unreadable line"))
