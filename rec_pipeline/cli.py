@@ -139,7 +139,7 @@ def movielens(
 
     settings = Settings.from_env()
     data = load_movielens(path)
-    events_file = write_events(data.events, settings.home / "imports" / f"movielens-{data.layout}.parquet")
+    events_file = write_events(data.events, settings.imports_dir / f"movielens-{data.layout}.parquet")
     with settings.warehouse().connect() as con:
         upsert_items(con, data.items)
     report_landing(land_files([events_file]), as_json)
@@ -154,20 +154,20 @@ def run(
     as_json: JsonFlag = False,
 ) -> None:
     """The main job on the embedded default: simulate the next EVENTS events of the seed's stream into
-    the landing folder, land and validate each file through the landing job, print what landed."""
+    $REC_PIPELINE_HOME/imports, land and validate each file through the landing job, print what
+    landed. (The landing folder is left to the sensor, so a running `dagster dev` never races it.)"""
     from rec_pipeline.core.simulator import Simulator, SimulatorConfig
 
     settings = Settings.from_env()
     settings.ensure_dirs()
     simulator = Simulator(SimulatorConfig(seed=seed))
     offset = _simulated_so_far(settings, seed)
-    files = _write_simulated_files(simulator, settings.landing_dir, seed, offset, events, events_per_file)
+    files = _write_simulated_files(simulator, settings.imports_dir, seed, offset, events, events_per_file)
     _upsert_catalogue(settings, simulator)
     report_landing(land_files(files), as_json)
 
 
 def _simulated_so_far(settings: Settings, seed: int) -> int:
-
     with settings.warehouse().connect() as con:
         return con.execute("SELECT count(*) FROM events WHERE starts_with(event_id, ?)", [f"sim{seed}-"]).fetchone()[0]
 

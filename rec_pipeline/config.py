@@ -47,9 +47,14 @@ class Settings:
         return self.home / "archive"
 
     @property
+    def imports_dir(self) -> Path:
+        """Files landed by the CLI (simulated batches, MovieLens conversions); kept as landed."""
+        return self.home / "imports"
+
+    @property
     def models_dir(self) -> Path:
         return self.home / "models"
 
     def ensure_dirs(self) -> None:
-        for folder in (self.home, self.landing_dir, self.archive_dir, self.models_dir):
+        for folder in (self.home, self.landing_dir, self.archive_dir, self.imports_dir, self.models_dir):
             folder.mkdir(parents=True, exist_ok=True)

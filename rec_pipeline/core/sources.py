@@ -59,8 +59,8 @@ class RecordSource:
     `records` selects the records the reader could parse, in file order, with columns
     `source_row` (NULL where the record's position in the result gives its number), `skip` (blank
     lines, not rows), `raw`, `parse_error` and the contract fields as VARCHAR. `rejected`, run after
-    `records`, selects the records the reader could not parse with their record numbers (and
-    `rejected_count` counts them); None when the reader rejects nothing itself.
+    `records`, selects the same columns for the records the reader could not parse (kept by DuckDB
+    in REJECTS_TABLE), with their record numbers; None when the reader rejects nothing itself.
     """
 
     records: str
