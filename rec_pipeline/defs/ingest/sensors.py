@@ -18,6 +18,7 @@ from rec_pipeline.defs.resources import PipelineResource
 def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {"seen": {}, "refused": []}
     previous = {name: FileState(*state) for name, state in cursor["seen"].items()}
+    pipeline.settings.ensure_dirs()  # so that there is a landing folder to drop files into
     scan = scan_landing_folder(pipeline.settings.landing_dir, previous, now_ns=time.time_ns())
     for name, reason in scan.refused.items():
         if name not in cursor["refused"]:
