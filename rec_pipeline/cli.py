@@ -11,8 +11,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+import duckdb
+
 from rec_pipeline.config import Settings
 from rec_pipeline.core.sources import FORMATS, UnsupportedFormatError, detect_format
+from rec_pipeline.core.warehouse import WarehouseLockedError
 
 app = typer.Typer(
     help="rec_pipeline: land behaviour events, validate them and keep recommendations fresh.",
@@ -33,7 +36,7 @@ def one_line_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (UsageError, FileNotFoundError, NotADirectoryError, UnsupportedFormatError, ValueError) as error:
+        except (UsageError, OSError, ValueError, WarehouseLockedError, duckdb.Error) as error:
             print(f"rec-pipeline: {error}", file=sys.stderr)
             raise typer.Exit(1) from None
 
@@ -169,7 +172,11 @@ def run(
 
 def _simulated_so_far(settings: Settings, seed: int) -> int:
     with settings.warehouse().connect() as con:
-        return con.execute("SELECT count(*) FROM events WHERE starts_with(event_id, ?)", [f"sim{seed}-"]).fetchone()[0]
+        return con.execute(
+            "SELECT (SELECT count(*) FROM events WHERE starts_with(event_id, $p))"
+            " + (SELECT count(*) FROM events_rejected WHERE starts_with(event_id, $p))",
+            {"p": f"sim{seed}-"},
+        ).fetchone()[0]
 
 
 def _write_simulated_files(simulator, folder: Path, seed: int, offset: int, events: int, per_file: int) -> list[Path]:

@@ -15,7 +15,7 @@ DEFAULT_MEMORY_LIMIT = "1GB"
 @dataclass(frozen=True)
 class Settings:
     """All paths derive from one folder, `REC_PIPELINE_HOME` (default: ./rec_pipeline_home);
-    `REC_PIPELINE_MEMORY_LIMIT` caps DuckDB's memory per connection (default 1GB)."""
+    `REC_PIPELINE_MEMORY_LIMIT` caps DuckDB's memory while it has the warehouse open (default 1GB)."""
 
     home: Path
     memory_limit: str = DEFAULT_MEMORY_LIMIT

@@ -30,7 +30,6 @@ EVENT_SCHEMA: dict[str, pl.DataType] = {
     "context": pl.String(),
 }
 EVENT_COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA)
-REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type", "ts")
 
 CATALOGUE_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.String(),
@@ -58,7 +57,3 @@ class EventContract:
 
     def latest_ts(self, now: datetime | None = None) -> datetime:
         return (now or datetime.now(timezone.utc)) + self.max_future
-
-
-def empty_events() -> pl.DataFrame:
-    return pl.DataFrame(schema=EVENT_SCHEMA)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +29,7 @@ from rec_pipeline.core.sources import (
     UnsupportedFormatError,
     detect_format,
     drop_reader_tables,
+    format_suffix,
     record_source,
 )
 from rec_pipeline.core.warehouse import Warehouse
@@ -149,17 +153,30 @@ def _land_in_transaction(
 def _stage_rows(con: duckdb.DuckDBPyConnection, path: Path, contract: EventContract, now: datetime) -> None:
     """Read and normalize the file into temp table `batch_rows` in one pass (DuckDB spills it to
     disk beyond its memory limit); nothing in the warehouse changes."""
-    source = record_source(path)
     parameters = contract_parameters(contract, now)
     con.execute("DROP TABLE IF EXISTS batch_rows")
     drop_reader_tables(con)
-    con.execute(f"CREATE TEMP TABLE batch_rows AS {normalize_sql(source.records)}", parameters | source.parameters)
+    with _plain_named(path) as readable:
+        source = record_source(readable)
+        con.execute(f"CREATE TEMP TABLE batch_rows AS {normalize_sql(source.records)}", parameters | source.parameters)
     if source.rejected is None:
         return
     if con.execute(f"SELECT count(*) FROM {REJECTS_TABLE}").fetchone()[0] == 0:
         return  # every record's number is its position: see _ROW_NUMBER
     _number_around_rejected_records(con, source.rejected)
     con.execute(f"INSERT INTO batch_rows {normalize_sql(source.rejected)}", parameters)
+
+
+@contextmanager
+def _plain_named(path: Path) -> Iterator[Path]:
+    """DuckDB's readers expand `*?[]{}` in a path as a glob: read such a file through a plain link."""
+    if not any(char in str(path) for char in "*?[]{}"):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        link = Path(folder) / f"input{format_suffix(path)}"
+        link.symlink_to(path)
+        yield link
 
 
 def _number_around_rejected_records(con: duckdb.DuckDBPyConnection, rejected_sql: str) -> None:

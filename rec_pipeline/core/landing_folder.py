@@ -23,10 +23,12 @@ TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 class FileState:
     size: int
     mtime_ns: int
+    inode: int
 
     @property
     def run_key(self) -> str:
-        return f"{self.size}-{self.mtime_ns}"
+        """Another file under a landed file's name (a new inode) is a new run, even with equal mtime."""
+        return f"{self.size}-{self.mtime_ns}-{self.inode}"
 
 
 @dataclass
@@ -51,7 +53,7 @@ def scan_landing_folder(
             scan.refused[name] = refusal
             continue
         stat = entry.stat(follow_symlinks=False)
-        state = FileState(stat.st_size, stat.st_mtime_ns)
+        state = FileState(stat.st_size, stat.st_mtime_ns, stat.st_ino)
         settled = now_ns - stat.st_mtime_ns >= settle_seconds * 1e9
         if previous.get(name) == state and settled:
             scan.ready[name] = state

@@ -28,6 +28,7 @@ FORMATS = {
 }
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _FIELDS = EVENT_COLUMNS
+_ID_FIELDS = ("event_id", "user_id", "item_id", "event_type", "session_id")
 
 
 # Characters `trim` strips from text fields and blank lines (DuckDB's default trims spaces only).
@@ -42,14 +43,19 @@ class UnsupportedFormatError(UnreadableFileError):
     pass
 
 
-def detect_format(path: Path) -> str:
+def format_suffix(path: Path) -> str:
+    """The longest known suffix the file name ends with, e.g. '.jsonl.gz'."""
     name = path.name.lower()
-    for suffix, file_format in sorted(FORMATS.items(), key=lambda kv: -len(kv[0])):
+    for suffix in sorted(FORMATS, key=len, reverse=True):
         if name.endswith(suffix):
-            return file_format
+            return suffix
     raise UnsupportedFormatError(
         f"{path.name}: unsupported file type (expected one of {', '.join(sorted(FORMATS))})"
     )
+
+
+def detect_format(path: Path) -> str:
+    return FORMATS[format_suffix(path)]
 
 
 @dataclass(frozen=True)
@@ -101,17 +107,19 @@ def _jsonl_source(path: Path) -> RecordSource:
 
     JSON functions only ever see lines that are JSON objects (CASE evaluates its branch only for
     the rows that take it), and each line is parsed once. A scalar field holding an object or array
-    (its text starts with '{' or '[') is looked up again, for those rare rows only.
+    (its text starts with '{' or '['), or an id holding a boolean, is looked up again, for those
+    rare rows only.
     """
     options = ("columns = {'line': 'VARCHAR'}, header = false, delim = '\\x1f', quote = '', escape = '',"
                " auto_detect = false, strict_mode = false")
     paths = ", ".join(f"'$.{field}'" for field in _FIELDS)
     scalars = [(i + 1, field) for i, field in enumerate(_FIELDS) if field != "context"]
     fields = ", ".join(f"fields[{i + 1}] AS {field}" for i, field in enumerate(_FIELDS))
-    maybe_nested = " OR ".join(f"left(fields[{i}], 1) IN ('{{', '[')" for i, _ in scalars)
-    nested = _nested_fields_error(
-        {field: f"json_type(line, '$.{field}') IN ('OBJECT', 'ARRAY')" for _, field in scalars}
+    maybe_nested = " OR ".join(
+        f"left(fields[{i}], 1) IN ('{{', '[')" + (f" OR fields[{i}] IN ('true', 'false')" if f in _ID_FIELDS else "")
+        for i, f in scalars
     )
+    nested = _nested_fields_error({f: f"json_type(line, '$.{f}') IN {_wrong_json_types(f)}" for _, f in scalars})
     records = f"""
 SELECT NULL::BIGINT AS source_row, skip, line AS raw,
        CASE WHEN skip THEN 'blank line'
@@ -128,10 +136,14 @@ FROM (
     return RecordSource(records, {"path": str(path)}, _rejected_sql(0, "unreadable line"))
 
 
+def _wrong_json_types(field: str) -> str:
+    return "('OBJECT', 'ARRAY', 'BOOLEAN')" if field in _ID_FIELDS else "('OBJECT', 'ARRAY')"
+
+
 def _nested_fields_error(is_nested: dict[str, str]) -> str:
     """SQL naming the fields (by their `is_nested` conditions) that hold an object or array."""
     names = ", ".join(f"CASE WHEN {condition} THEN '{field}' END" for field, condition in is_nested.items())
-    return f"'object or array where a string or number belongs: ' || nullif(concat_ws(', ', {names}), '')"
+    return f"'object, array or boolean where a string or number belongs: ' || nullif(concat_ws(', ', {names}), '')"
 
 
 def _csv_source(path: Path) -> RecordSource:

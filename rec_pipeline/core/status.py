@@ -12,13 +12,14 @@ def warehouse_status(con: duckdb.DuckDBPyConnection) -> dict:
                (SELECT count(*) FROM (SELECT item_id FROM events UNION SELECT item_id FROM items)),
                (SELECT count(*) FROM ingested_files WHERE status = 'landed'),
                (SELECT count(*) FROM ingested_files WHERE status = 'landed' AND quality_status = 'failed'),
+               (SELECT count(*) FROM ingested_files WHERE status = 'landed' AND quality_status = 'pending'),
                (SELECT count(*) FROM ingested_files WHERE status = 'failed'),
                (SELECT count(*) FROM events_validated),
                (SELECT max(landed_at) FROM ingested_files WHERE status = 'landed'),
                (SELECT max(ts) FROM events)
         """
     ).fetchone()
-    names = ("events", "rejected", "users", "items", "batches", "batches_held_back", "files_failed",
+    names = ("events", "rejected", "users", "items", "batches", "batches_held_back", "batches_pending", "files_failed",
              "events_validated", "last_landed_at", "latest_event_ts")
     status = dict(zip(names, row))
     for key in ("last_landed_at", "latest_event_ts"):

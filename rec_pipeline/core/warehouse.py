@@ -32,6 +32,11 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[tuple[int, Path]]:
         if not match:
             raise ValueError(f"{path}: migration files are named NNN_lower_snake.sql")
         migrations.append((int(match.group(1)), path))
+    if not migrations:
+        raise FileNotFoundError(
+            f"no migrations in {sql_dir}: rec_pipeline reads its DDL from the repository's sql/ folder,"
+            " so install it from a checkout with `pip install -e .`"
+        )
     versions = [version for version, _ in migrations]
     if versions != list(range(1, len(versions) + 1)):
         raise ValueError(f"{sql_dir}: migration versions must run 1..N without gaps, got {versions}")
@@ -70,7 +75,7 @@ def _is_lock_error(error: duckdb.Error) -> bool:
 
 class Warehouse:
     """Opens the warehouse file; the first read-write connection of a process brings the schema up
-    to date. `memory_limit` caps DuckDB's memory per connection."""
+    to date. `memory_limit` caps the memory of the DuckDB instance each connection opens."""
 
     def __init__(
         self, path: Path, lock_timeout_s: float = 120.0, memory_limit: str = "1GB", sql_dir: Path = SQL_DIR

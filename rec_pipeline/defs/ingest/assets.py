@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from rec_pipeline.config import Settings
 from rec_pipeline.core import batches, quality
 from rec_pipeline.core.landing import LandingReport, land_file
 from rec_pipeline.core.landing_folder import archive_file
@@ -38,29 +39,43 @@ def event_batch(context: dg.AssetExecutionContext, config: BatchFileConfig, pipe
     validated; a batch failing an ERROR check is held back from training."""
     settings = pipeline.settings
     path = Path(config.path) if config.path else settings.landing_dir / context.partition_key
-    if not path.is_file():
-        raise dg.Failure(
-            description=f"{path} does not exist (a landed file is archived; see ingested_files)",
-            allow_retries=False,
-        )
+    _refuse_unsafe_input(path)
     warehouse = pipeline.warehouse()
     report = land_file(warehouse, path)
-    if path.parent == settings.landing_dir and path.exists():
-        archive_file(path, settings.archive_dir, report.batch_id)
     if report.status == "failed":
+        _archive_if_landing(path, settings, report.batch_id)
         raise dg.Failure(
             description=f"{path.name} could not be read: {report.reason}",
             metadata=report.as_dict(),
             allow_retries=False,
         )
+    # Validation runs with the warehouse closed, so other steps and readers are not locked out.
     with warehouse.connect() as con:
         rows = batches.batch_rows(con, report.batch_id)
-        outcomes = quality.validate_batch(rows, batches.recent_profiles(con, report.batch_id))
+        recent = batches.recent_profiles(con, report.batch_id)
+    outcomes = quality.validate_batch(rows, recent)
+    with warehouse.connect() as con:
         quality_status = batches.record_checks(con, report.batch_id, outcomes)
+    # Archived last: a retry after a crash above finds the file and re-validates the landed batch.
+    _archive_if_landing(path, settings, report.batch_id)
     return dg.MaterializeResult(
         metadata=_landing_metadata(report, quality_status, rows),
         check_results=[_check_result(outcome) for outcome in outcomes],
     )
+
+
+def _refuse_unsafe_input(path: Path) -> None:
+    if path.is_symlink() or not path.is_file():
+        raise dg.Failure(
+            description=f"{path} is not a regular file (symlinks are not followed; a landed file is "
+            "archived, see ingested_files)",
+            allow_retries=False,
+        )
+
+
+def _archive_if_landing(path: Path, settings: Settings, batch_id: str) -> None:
+    if path.parent == settings.landing_dir and path.exists():
+        archive_file(path, settings.archive_dir, batch_id)
 
 
 def _landing_metadata(report: LandingReport, quality_status: str, rows: pl.DataFrame) -> dict:

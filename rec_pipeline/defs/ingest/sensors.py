@@ -32,7 +32,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResour
         )
         for name, state in scan.ready.items()
     ]
-    seen = {name: [s.size, s.mtime_ns] for name, s in (scan.waiting | scan.ready).items()}
+    seen = {name: [s.size, s.mtime_ns, s.inode] for name, s in (scan.waiting | scan.ready).items()}
     return dg.SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[event_batches.build_add_request(keys)] if keys else [],
