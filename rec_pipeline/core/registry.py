@@ -1,0 +1,127 @@
+"""The model registry: versions, their status and their artifacts, with checksums.
+
+An artifact is a folder under the models directory. Its checksum is a sha256 over the names and
+bytes of its files; a version whose files no longer match is never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, outside the models folder, or its files do not match the checksum."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: str
+    kind: str
+    parent: str | None
+    trained_at: datetime
+    window_start: datetime | None
+    window_end: datetime | None
+    metrics: dict
+    status: str
+    artifact_path: str
+    checksum: str
+
+
+_COLUMNS = ", ".join(ModelVersion.__dataclass_fields__)
+
+
+def new_version(now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S")
+    return f"m-{stamp}-{secrets.token_hex(3)}"
+
+
+def artifact_checksum(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+class ModelRegistry:
+    """Registry rows live in the warehouse; artifacts live under `models_dir`."""
+
+    def __init__(self, models_dir: Path):
+        self.models_dir = Path(models_dir).resolve()
+
+    def artifact_dir(self, version: str) -> Path:
+        return self.models_dir / version
+
+    def register(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        version: str,
+        kind: str,
+        parent: str | None,
+        window: tuple[datetime | None, datetime | None],
+        metrics: dict,
+        now: datetime | None = None,
+    ) -> ModelVersion:
+        folder = self._inside_models_dir(self.artifact_dir(version))
+        con.execute(
+            f"INSERT INTO model_registry ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 'challenger', ?, ?)",
+            [version, kind, parent, now or datetime.now(timezone.utc), window[0], window[1],
+             json.dumps(metrics), str(folder), artifact_checksum(folder)],
+        )
+        return self.get(con, version)
+
+    def get(self, con: duckdb.DuckDBPyConnection, version: str) -> ModelVersion:
+        row = con.execute(f"SELECT {_COLUMNS} FROM model_registry WHERE version = ?", [version]).fetchone()
+        if row is None:
+            raise KeyError(f"no model version {version}")
+        return _model_version(row)
+
+    def champion(self, con: duckdb.DuckDBPyConnection) -> ModelVersion | None:
+        row = con.execute(f"SELECT {_COLUMNS} FROM model_registry WHERE status = 'champion'").fetchone()
+        return _model_version(row) if row else None
+
+    def versions(self, con: duckdb.DuckDBPyConnection) -> list[ModelVersion]:
+        rows = con.execute(f"SELECT {_COLUMNS} FROM model_registry ORDER BY trained_at DESC, version DESC")
+        return [_model_version(row) for row in rows.fetchall()]
+
+    def verified_artifact(self, con: duckdb.DuckDBPyConnection, version: str) -> Path:
+        """The artifact folder, only if it lies under the models folder and matches its checksum."""
+        model = self.get(con, version)
+        folder = self._inside_models_dir(Path(model.artifact_path))
+        if artifact_checksum(folder) != model.checksum:
+            raise ArtifactError(f"{version}: the files in {folder} do not match the registered checksum")
+        return folder
+
+    def make_champion(self, con: duckdb.DuckDBPyConnection, version: str) -> None:
+        """Promote (or roll back to) `version`; the previous champion is retired. One transaction."""
+        self.get(con, version)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("UPDATE model_registry SET status = 'retired' WHERE status = 'champion'")
+            con.execute("UPDATE model_registry SET status = 'champion' WHERE version = ?", [version])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def reject(self, con: duckdb.DuckDBPyConnection, version: str) -> None:
+        con.execute("UPDATE model_registry SET status = 'rejected' WHERE version = ?", [version])
+
+    def _inside_models_dir(self, folder: Path) -> Path:
+        resolved = folder.resolve()
+        if not resolved.is_relative_to(self.models_dir) or not resolved.is_dir():
+            raise ArtifactError(f"{folder} is not an artifact folder under {self.models_dir}")
+        return resolved
+
+
+def _model_version(row: tuple) -> ModelVersion:
+    values = dict(zip(ModelVersion.__dataclass_fields__, row))
+    values["metrics"] = json.loads(values["metrics"]) if values["metrics"] else {}
+    return ModelVersion(**values)
