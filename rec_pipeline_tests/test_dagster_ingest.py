@@ -176,3 +176,40 @@ def test_dg_check_defs_accepts_the_code_location(home):
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "All definitions loaded successfully" in result.stdout + result.stderr
+
+
+def test_the_asset_refuses_a_symlink_even_when_a_run_names_it(definitions, home, tmp_path):
+    outside = write_jsonl(tmp_path / "outside.jsonl", good_rows(2))
+    link = home / "landing" / "link.jsonl"
+    link.symlink_to(outside)
+    with dg.instance_for_test() as instance:
+        run = land_through_dagster(definitions, instance, link)
+    assert run.report.status == "failed" and "not a regular file" in run.report.reason
+    with Warehouse(home / "warehouse.duckdb").connect() as con:
+        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
+def test_a_crash_after_landing_is_retried_and_the_batch_validated(definitions, home, monkeypatch):
+    """Validation failing once (e.g. a lock timeout) must not leave the batch pending for good."""
+    from rec_pipeline.core import quality
+
+    real_validate, calls = quality.validate_batch, []
+
+    def flaky_validate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("transient failure")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(quality, "validate_batch", flaky_validate)
+    path = write_jsonl(home / "landing" / "retry.jsonl", good_rows(30))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("event_batches", ["retry.jsonl"])
+        result = definitions.resolve_job_def("land_events_job").execute_in_process(
+            partition_key="retry.jsonl", instance=instance, raise_on_error=False,
+            run_config={"ops": {"event_batch": {"config": {"path": str(path)}}}},
+        )
+    assert len(calls) == 2, "the step was retried"
+    assert result.success and not path.exists(), "archived after the retry validated it"
+    with Warehouse(home / "warehouse.duckdb").connect() as con:
+        assert con.execute("SELECT quality_status FROM ingested_files").fetchall() == [("passed",)]

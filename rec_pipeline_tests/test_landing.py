@@ -998,3 +998,15 @@ def test_an_accounting_mismatch_rolls_the_whole_batch_back(warehouse, write_file
     with warehouse.connect() as con:
         for table in ("events", "events_rejected", "ingested_files"):
             assert con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+
+
+def test_a_file_name_with_glob_characters_is_read_literally(warehouse, land, write_file):
+    write_file("x1.jsonl", jsonl(event("other")))
+    batch = check(warehouse, land(write_file("x[12].jsonl", jsonl(event("mine")))), read=1, landed=1)
+    assert [r["event_id"] for r in batch.landed] == ["mine"]
+
+
+def test_boolean_ids_are_rejected_naming_the_field(warehouse, land, write_file):
+    rows = [event("e1", user_id=True), event("e2", item_id=False), event("e3")]
+    batch = check(warehouse, land(write_file("bools.jsonl", jsonl(*rows))), read=3, landed=1, rejected=2)
+    assert sorted(r["reason"].rsplit(": ", 1)[-1] for r in batch.rejected) == ["item_id", "user_id"]
