@@ -150,6 +150,105 @@ def movielens(
 
 @app.command()
 @one_line_errors
+def refresh(as_json: JsonFlag = False) -> None:
+    """One micro-batch refresh (features, challenger, gate, champion, recommendations), in-process
+    through the refresh job."""
+    import dagster as dg
+
+    from rec_pipeline.definitions import load_definitions
+    from rec_pipeline.defs.ingest.runner import dagster_instance
+
+    with dagster_instance() as instance:
+        result = load_definitions().resolve_job_def("refresh_job").execute_in_process(
+            instance=instance, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+        )
+    if not result.success:
+        raise UsageError("the refresh run failed; see the Dagster run log")
+    outcome = _refresh_outcome(result.asset_materializations_for_node("model_refresh"))
+    print(json.dumps(outcome) if as_json else outcome)
+
+
+def _refresh_outcome(materializations) -> dict:
+    values = {m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()} for m in materializations}
+    challenger = values.get("challenger_model", {})
+    return {
+        "model_version": challenger.get("model_version"),
+        "promoted": bool(challenger.get("promoted", False)),
+        "reason": challenger.get("reason", "no new validated events"),
+        "recommendations": int(values.get("recommendations", {}).get("dagster/row_count", 0)),
+        "gate": {k.removeprefix("gate/"): v for k, v in challenger.items() if k.startswith("gate/")},
+    }
+
+
+@app.command()
+@one_line_errors
+def recommend(
+    user_id: str,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many items.")] = 10,
+    as_json: JsonFlag = False,
+) -> None:
+    """A user's recommendations, read from serving.duckdb (never blocked by a running pipeline);
+    an unknown user gets the trending list, marked as the fallback."""
+    settings = Settings.from_env()
+    if not settings.serving_path.exists():
+        raise UsageError(f"nothing published yet at {settings.serving_path}: run `rec-pipeline refresh`")
+    with duckdb.connect(str(settings.serving_path), read_only=True) as con:
+        rows = con.execute("SELECT item_id, rank, score, model_version, reason FROM recommendations_for(?)"
+                           " WHERE rank <= ?", [user_id, k]).fetchall()
+        fallback = not rows
+        if fallback:
+            rows = con.execute("SELECT item_id, rank, score, 'fallback', 'trending now' FROM trending_items"
+                               " WHERE rank <= ? ORDER BY rank", [k]).fetchall()
+    items = [dict(zip(("item_id", "rank", "score", "model_version", "reason"), row)) | {"fallback": fallback}
+             for row in rows]
+    if as_json:
+        print(json.dumps(items))
+        return
+    table = Table("rank", "item_id", "score", "model", "reason", title=f"{user_id}{' (fallback)' if fallback else ''}")
+    for item in items:
+        table.add_row(str(item["rank"]), item["item_id"], f"{item['score']:.4f}", item["model_version"], item["reason"])
+    Console().print(table)
+
+
+@app.command()
+@one_line_errors
+def models(as_json: JsonFlag = False) -> None:
+    """The model registry, newest first."""
+    from rec_pipeline.core.registry import ModelRegistry
+
+    settings = Settings.from_env()
+    with settings.warehouse().connect() as con:
+        versions = ModelRegistry(settings.models_dir).versions(con)
+    records = [{"version": m.version, "status": m.status, "parent": m.parent, "trained_at": m.trained_at.isoformat(),
+                "metrics": m.metrics} for m in versions]
+    if as_json:
+        print(json.dumps(records))
+        return
+    table = Table("version", "status", "parent", "trained_at", "challenger ndcg", "champion ndcg", "floor ndcg")
+    for m in records:
+        table.add_row(m["version"], m["status"], m["parent"] or "", m["trained_at"],
+                      *(f"{m['metrics'].get(f'{who}_ndcg', float('nan')):.4f}" for who in ("challenger", "champion", "floor")))
+    Console().print(table)
+
+
+@app.command()
+@one_line_errors
+def rollback(version: str) -> None:
+    """Make an earlier model version the champion again and republish its recommendations."""
+    from rec_pipeline.core.refresh import rollback as rollback_to
+    from rec_pipeline.core.registry import ModelRegistry
+
+    settings = Settings.from_env()
+    try:
+        published = rollback_to(settings.warehouse(), ModelRegistry(settings.models_dir), settings.serving_path, version)
+    except KeyError as error:
+        raise UsageError(error.args[0]) from None
+    console.print(f"{version} is the champion; {published} recommendations published")
+
+
+@app.command()
+@one_line_errors
 def run(
     events: Annotated[int, typer.Option(min=1, help="Simulated events to add.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,

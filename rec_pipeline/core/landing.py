@@ -108,14 +108,14 @@ def land_file(
 
 
 def _previous_landing(con: duckdb.DuckDBPyConnection, batch_id: str) -> LandingReport | None:
-    row = con.execute(
+    rows = con.execute(
         "SELECT path, rows_read, rows_landed + rows_duplicate, rows_rejected FROM ingested_files"
         " WHERE batch_id = ? AND status = 'landed'",
         [batch_id],
-    ).fetchone()
-    if row is None:
+    ).fetchall()
+    if not rows:
         return None
-    path, read, already_there, rejected = row
+    path, read, already_there, rejected = rows[0]
     return LandingReport(batch_id, path, "already_landed", read, 0, already_there, rejected)
 
 

@@ -27,6 +27,7 @@ RECOMMENDATION_SCHEMA: dict[str, pl.DataType] = {
 SERVING_TABLES = (
     ("recommendations", "SELECT * FROM recommendations"),
     ("items", "SELECT * FROM items"),
+    ("trending_items", "SELECT * FROM trending_items"),
     ("model_registry", "SELECT version, kind, parent, trained_at, window_start, window_end, metrics, status"
                        " FROM model_registry"),
 )

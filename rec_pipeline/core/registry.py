@@ -78,14 +78,14 @@ class ModelRegistry:
         return self.get(con, version)
 
     def get(self, con: duckdb.DuckDBPyConnection, version: str) -> ModelVersion:
-        row = con.execute(f"SELECT {_COLUMNS} FROM model_registry WHERE version = ?", [version]).fetchone()
-        if row is None:
+        rows = con.execute(f"SELECT {_COLUMNS} FROM model_registry WHERE version = ?", [version]).fetchall()
+        if not rows:
             raise KeyError(f"no model version {version}")
-        return _model_version(row)
+        return _model_version(rows[0])
 
     def champion(self, con: duckdb.DuckDBPyConnection) -> ModelVersion | None:
-        row = con.execute(f"SELECT {_COLUMNS} FROM model_registry WHERE status = 'champion'").fetchone()
-        return _model_version(row) if row else None
+        rows = con.execute(f"SELECT {_COLUMNS} FROM model_registry WHERE status = 'champion'").fetchall()
+        return _model_version(rows[0]) if rows else None
 
     def versions(self, con: duckdb.DuckDBPyConnection) -> list[ModelVersion]:
         rows = con.execute(f"SELECT {_COLUMNS} FROM model_registry ORDER BY trained_at DESC, version DESC")

@@ -44,6 +44,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import time
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -129,6 +130,7 @@ def last_seen(events: pl.DataFrame, column: str) -> pl.DataFrame:
 @functools.cache
 def _keras_parts() -> tuple[Any, Any, type, type]:
     """Import TF/Keras and define the Keras classes (once per process)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter on stderr
     import keras
     import tensorflow as tf
 

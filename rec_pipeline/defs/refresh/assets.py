@@ -1,0 +1,73 @@
+import dagster as dg
+import polars as pl
+
+from rec_pipeline.core.refresh import RefreshResult, refresh
+from rec_pipeline.core.registry import ModelRegistry
+from rec_pipeline.defs.resources import WAREHOUSE_POOL, PipelineResource
+
+REFRESH_ASSETS = {
+    "features": "Incremental, time-decayed user, item and user-item features (Polars), in the warehouse.",
+    "challenger_model": "The model trained by the latest refresh: retrieval warm-started from the champion, "
+    "ranker continued; registered in model_registry whatever the gate decides.",
+    "champion_model": "The model serving recommendations: the challenger when the evaluation gate promoted it.",
+    "recommendations": "Top-K items per user from the champion (trending fallback before any promotion), "
+    "swapped in atomically.",
+    "serving_snapshot": "serving.duckdb, rewritten aside and renamed over: what apps and analysts read.",
+}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(name, description=text, deps=["event_batch"], group_name="online_model",
+                     kinds={"duckdb", "polars"} | ({"tensorflow", "lightgbm"} if "model" in name else set()),
+                     owners=["team:ml-platform"], skippable=True)
+        for name, text in REFRESH_ASSETS.items()
+    ],
+    check_specs=[dg.AssetCheckSpec("evaluation_gate", asset="challenger_model",
+                                   description="Challenger beats the popularity floor and is within tolerance "
+                                   "of the champion on the newest events neither learnt from.")],
+    pool=WAREHOUSE_POOL,
+)
+def model_refresh(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+    """One micro-batch refresh: features, challenger, gate, champion, recommendations, serving copy.
+    Only the champion is ever published, so a rejected challenger never reaches the recommendations."""
+    settings = pipeline.settings
+    result = refresh(pipeline.warehouse(), ModelRegistry(settings.models_dir), settings.serving_path)
+    if result.events == 0:
+        context.log.info("no new validated events: nothing to refresh")
+        return
+    yield from _materializations(result, settings.serving_path)
+    yield dg.AssetCheckResult(
+        check_name="evaluation_gate", asset_key="challenger_model", passed=result.promoted,
+        severity=dg.AssetCheckSeverity.WARN, description=result.reason,
+        metadata={key: float(value) for key, value in result.gate.items()},
+    )
+
+
+def _materializations(result: RefreshResult, serving_path):
+    numbers = {f"gate/{key}": float(value) for key, value in result.gate.items()}
+    seconds = {f"seconds/{stage}": value for stage, value in result.stage_seconds.items()}
+    yield dg.MaterializeResult(asset_key="features", metadata={"events": result.events, **seconds})
+    yield dg.MaterializeResult(asset_key="challenger_model", metadata={
+        "model_version": result.model_version, "promoted": result.promoted, "reason": result.reason, **numbers})
+    yield dg.MaterializeResult(asset_key="champion_model", metadata={"model_version": result.champion or "none"})
+    yield dg.MaterializeResult(asset_key="recommendations", metadata={
+        "dagster/row_count": result.recommendations, "preview": dg.MetadataValue.md(_preview(serving_path))})
+    yield dg.MaterializeResult(asset_key="serving_snapshot", metadata={"path": dg.MetadataValue.path(str(serving_path))})
+
+
+def _preview(serving_path) -> str:
+    import duckdb
+
+    with duckdb.connect(str(serving_path), read_only=True) as con:
+        sample = con.sql("SELECT user_id, item_id, rank, round(score, 4) AS score, model_version, reason"
+                         " FROM recommendations WHERE rank <= 3 ORDER BY user_id, rank LIMIT 15").pl()
+    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True):
+        return str(sample)
+
+
+refresh_job = dg.define_asset_job(
+    "refresh_job",
+    selection=dg.AssetSelection.assets(*REFRESH_ASSETS),
+    description="One micro-batch refresh of the models and the recommendations.",
+)
