@@ -83,3 +83,33 @@ def test_release_and_drop_need_a_known_batch(tmp_path):
     batch = json.loads(invoke("batches", "--json").stdout)[0]["batch_id"]
     assert invoke("drop", batch).exit_code == 0
     assert json.loads(invoke("status", "--json").stdout)["events_validated"] == 0
+
+
+def test_refresh_recommend_models_and_rollback(home):
+    assert invoke("run", "--events", "12000", "--events-per-file", "6000").exit_code == 0
+    first = invoke("refresh", "--json")
+    assert first.exit_code == 0, first.output
+    outcome = json.loads(first.stdout)
+    assert isinstance(outcome["model_version"], str) and isinstance(outcome["promoted"], bool)
+    assert isinstance(outcome["recommendations"], int) and "floor_ndcg" in outcome["gate"]
+
+    listed = json.loads(invoke("models", "--json").stdout)
+    assert [m["version"] for m in listed] == [outcome["model_version"]]
+
+    unknown = json.loads(invoke("recommend", "nobody-at-all", "-k", "3", "--json").stdout)
+    assert len(unknown) == 3 and all(item["fallback"] for item in unknown)
+    assert [item["rank"] for item in unknown] == [1, 2, 3]
+
+    assert invoke("rollback", "m-does-not-exist").exit_code == 1
+    if outcome["promoted"]:
+        import duckdb
+
+        with duckdb.connect(str(home / "serving.duckdb"), read_only=True) as con:
+            user = con.execute("SELECT min(user_id) FROM recommendations WHERE model_version = ?",
+                               [outcome["model_version"]]).fetchall()[0][0]
+        mine = json.loads(invoke("recommend", user, "--json").stdout)
+        assert mine and not any(item["fallback"] for item in mine)
+        assert {item["model_version"] for item in mine} == {outcome["model_version"]}
+        assert invoke("rollback", outcome["model_version"]).exit_code == 0
+        again = json.loads(invoke("models", "--json").stdout)
+        assert again[0]["status"] == "champion"

@@ -15,7 +15,7 @@ from rec_pipeline.core.registry import ModelRegistry
 from rec_pipeline.core.simulator import Simulator, SimulatorConfig
 
 BATCH = 10_000
-CONFIG = RefreshConfig(ranker=RankerConfig(rounds=30, num_threads=1),
+CONFIG = RefreshConfig(ranker=RankerConfig(rounds=30),
                        ranker_users=600, eval_users=600, candidates=50)
 
 

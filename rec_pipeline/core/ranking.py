@@ -133,7 +133,9 @@ class RankerConfig:
     update: Literal["continue", "refit"] = "continue"  # how fit(base=...) refreshes the champion (measured)
     refit_decay_rate: float = 0.9  # refit: new_leaf = decay * old + (1 - decay) * fitted
     seed: int = 0
-    num_threads: int = 1  # LightGBM threads; 0 = all cores (fast only on an otherwise idle machine, see module doc)
+    # 1: in a process that has imported TensorFlow, LightGBM's OpenMP threads spin against its pool
+    # (30 trees: 37 s on 2 threads, 0.7 s on 1, measured in a refresh); 0 = all cores.
+    num_threads: int = 1
     features: tuple[str, ...] = RANKING_FEATURES
 
     def __post_init__(self) -> None:
