@@ -43,13 +43,15 @@ def good_rows(n: int, prefix: str = "e") -> list[dict]:
     ]
 
 
-def test_code_location_has_the_ingest_graph(definitions):
+def test_code_location_has_the_ingest_and_refresh_graph(definitions):
     repo = definitions.get_repository_def()
-    assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == {"event_batch"}
+    assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == {
+        "event_batch", "features", "challenger_model", "champion_model", "recommendations", "serving_snapshot"}
     check_names = {key.name for key in repo.asset_graph.asset_check_keys}
-    assert {"user_id_not_null", "event_type_known", "event_id_unique", "user_flooding"} <= check_names
+    assert {"user_id_not_null", "event_type_known", "event_id_unique", "user_flooding", "evaluation_gate"} <= check_names
     assert repo.has_sensor_def("landing_sensor")
     assert definitions.resolve_job_def("land_events_job").partitions_def.name == "event_batches"
+    assert definitions.resolve_job_def("refresh_job") is not None
 
 
 def test_landing_job_lands_validates_and_reports(definitions, home, tmp_path):
