@@ -153,8 +153,11 @@ def movielens(
 def refresh(as_json: JsonFlag = False) -> None:
     """One micro-batch refresh (features, challenger, gate, champion, recommendations), in-process
     through the refresh job."""
-    import dagster as dg
+    outcome = _run_refresh()
+    print(json.dumps(outcome) if as_json else outcome)
 
+
+def _run_refresh() -> dict:
     from rec_pipeline.definitions import load_definitions
     from rec_pipeline.defs.ingest.runner import dagster_instance
 
@@ -165,8 +168,7 @@ def refresh(as_json: JsonFlag = False) -> None:
         )
     if not result.success:
         raise UsageError("the refresh run failed; see the Dagster run log")
-    outcome = _refresh_outcome(result.asset_materializations_for_node("model_refresh"))
-    print(json.dumps(outcome) if as_json else outcome)
+    return _refresh_outcome(result.asset_materializations_for_node("model_refresh"))
 
 
 def _refresh_outcome(materializations) -> dict:
@@ -245,6 +247,58 @@ def rollback(version: str) -> None:
     except KeyError as error:
         raise UsageError(error.args[0]) from None
     console.print(f"{version} is the champion; {published} recommendations published")
+
+
+@app.command()
+@one_line_errors
+def demo(
+    batches: Annotated[int, typer.Option(min=1, help="Micro-batches to simulate, land and learn from.")] = 8,
+    events_per_batch: Annotated[int, typer.Option(min=100)] = 5_000,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """The online loop, batch by batch: simulate, land and validate, measure the champion, the
+    popularity floor and the simulator's oracle on the batch before learning from it, refresh."""
+    from rec_pipeline.core.demo import batch_ndcg
+    from rec_pipeline.core.recommender import Recommender
+    from rec_pipeline.core.registry import ModelRegistry
+    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+
+    settings = Settings.from_env()
+    settings.ensure_dirs()
+    simulator = Simulator(SimulatorConfig(seed=seed))
+    registry = ModelRegistry(settings.models_dir)
+    _upsert_catalogue(settings, simulator)
+    rows = []
+    for batch in range(1, batches + 1):
+        offset = _simulated_so_far(settings, seed)
+        files = _write_simulated_files(simulator, settings.imports_dir, seed, offset, events_per_batch, events_per_batch)
+        landed = summarize(land_files(files))
+        with settings.warehouse().connect() as con:
+            champion = registry.champion(con)
+            model = Recommender.load(registry.verified_artifact(con, champion.version)) if champion else None
+            new = con.sql("SELECT * FROM events_validated ANTI JOIN refresh_batches USING (batch_id)").pl()
+            scores = batch_ndcg(con, model, simulator, new) if new.height else {}
+        outcome = _run_refresh()
+        rows.append({"batch": batch, "landed": landed["landed"], "rejected": landed["rejected"],
+                     "model_version": outcome["model_version"], "promoted": outcome["promoted"], **scores})
+        if not as_json:
+            print(_demo_line(rows[-1]), flush=True)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    print(f"Query the results: rec-pipeline recommend USER, or open {settings.serving_path} read-only\n"
+          "  (SELECT * FROM recommendations_for('u000001')); rec-pipeline models lists the registry.")
+
+
+def _demo_line(row: dict) -> str:
+    def fmt(value):
+        return "  n/a " if value is None else f"{value:.4f}"
+
+    return (f"batch {row['batch']:>3}: landed {row['landed']:>6}, rejected {row['rejected']:>3}; NDCG@10 before "
+            f"learning it: champion {fmt(row.get('champion_ndcg'))}, popularity {fmt(row.get('popularity_ndcg'))}, "
+            f"oracle {fmt(row.get('oracle_ndcg'))}; {row['model_version'] or '-'} "
+            f"{'promoted' if row['promoted'] else 'not promoted'}")
 
 
 @app.command()

@@ -113,3 +113,14 @@ def test_refresh_recommend_models_and_rollback(home):
         assert invoke("rollback", outcome["model_version"]).exit_code == 0
         again = json.loads(invoke("models", "--json").stdout)
         assert again[0]["status"] == "champion"
+
+
+def test_demo_measures_each_batch_before_learning_from_it():
+    result = invoke("demo", "--batches", "2", "--events-per-batch", "4000", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [row["batch"] for row in rows] == [1, 2]
+    assert all(row["landed"] == 4000 for row in rows)
+    assert rows[0]["champion_ndcg"] is None, "no champion before the first refresh"
+    assert all(0 < row["oracle_ndcg"] <= 1 for row in rows)
+    assert all(isinstance(row["model_version"], str) for row in rows)

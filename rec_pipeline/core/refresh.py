@@ -154,7 +154,7 @@ def _recent_history(con: duckdb.DuckDBPyConnection, limit: int) -> pl.DataFrame:
 def _train_ranker(con, retrieval: RetrievalModel, base: Ranker | None, train: pl.DataFrame,
                   config: RefreshConfig) -> Ranker | None:
     targets = slice_targets(con, train)
-    users = _sample(targets["user_id"].unique().sort().to_list(), config.ranker_users)
+    users = sample_users(targets["user_id"].unique().sort().to_list(), config.ranker_users)
     candidates = Recommender(retrieval, None).candidates(users, config.candidates, seen_items(con, users))
     if candidates.is_empty():
         return base
@@ -164,7 +164,7 @@ def _train_ranker(con, retrieval: RetrievalModel, base: Ranker | None, train: pl
     return Ranker.fit(labelled, config.ranker, base=base)
 
 
-def _sample(values: list[str], limit: int) -> list[str]:
+def sample_users(values: list[str], limit: int) -> list[str]:
     if len(values) <= limit:
         return values
     step = len(values) / limit
@@ -174,21 +174,21 @@ def _sample(values: list[str], limit: int) -> list[str]:
 def _evaluate(con, challenger: Recommender, champion: Recommender | None, holdout: pl.DataFrame,
               at: datetime, config: RefreshConfig) -> GateDecision:
     targets = slice_targets(con, holdout)
-    users = _sample(targets["user_id"].unique().sort().to_list(), config.eval_users)
+    users = sample_users(targets["user_id"].unique().sort().to_list(), config.eval_users)
     targets = targets.filter(pl.col("user_id").is_in(users))
     seen = seen_items(con, users)
     n_items = con.execute("SELECT count(*) FROM item_popularity").fetchone()[0]
-    floor_lists = _popular_lists(con, users, seen, at, config, trending=False)
+    floor_lists = popular_lists(con, users, seen, at, config, trending=False)
 
     def metrics(model: Recommender) -> RankingMetrics:
-        lists = _model_lists(con, model, users, seen, at, config, floor_lists)
+        lists = model_lists(con, model, users, seen, at, config, floor_lists)
         return score_lists(lists, targets, n_items, config.eval_k)
 
     return decide(metrics(challenger), metrics(champion) if champion else None,
                   score_lists(floor_lists, targets, n_items, config.eval_k), config.gate)
 
 
-def _model_lists(con, model: Recommender, users: list[str], seen: pl.DataFrame, at: datetime,
+def model_lists(con, model: Recommender, users: list[str], seen: pl.DataFrame, at: datetime,
                  config: RefreshConfig, fallback: pl.DataFrame) -> pl.DataFrame:
     """[user_id, item_id, rank, score, ...]: the model's ranking; users it does not know get `fallback`."""
     ranked = model.rank(con, model.candidates(users, config.candidates, seen), at, config.features)
@@ -197,7 +197,7 @@ def _model_lists(con, model: Recommender, users: list[str], seen: pl.DataFrame, 
                       unknown.select("user_id", "item_id", "rank", "score")])
 
 
-def _popular_lists(con, users: list[str], seen: pl.DataFrame, at: datetime, config: RefreshConfig,
+def popular_lists(con, users: list[str], seen: pl.DataFrame, at: datetime, config: RefreshConfig,
                    trending: bool) -> pl.DataFrame:
     """Each user's most popular (or trending) items they have not touched, ranked."""
     longest_seen = seen.group_by("user_id").len()["len"].max() or 0
@@ -231,7 +231,7 @@ def publish(con: duckdb.DuckDBPyConnection, model: Recommender | None, version: 
     model is promoted), swapped in atomically and published; returns the rows published."""
     users = con.sql("SELECT user_id FROM user_activity ORDER BY user_id").pl()["user_id"].to_list()
     excluded = _never_again(con, config.exclude_event_types)
-    fallback = _popular_lists(con, users, excluded, at, config, trending=True)
+    fallback = popular_lists(con, users, excluded, at, config, trending=True)
     if model is None:
         lists = fallback.with_columns(model_version=pl.lit(FALLBACK), reason=pl.lit("trending now"))
     else:
