@@ -102,3 +102,25 @@ def test_a_worse_challenger_is_rejected_and_the_published_table_is_unchanged(loo
         table_after = con.sql("SELECT * FROM recommendations ORDER BY user_id, rank").pl()
     assert result.recommendations == 0
     assert table_after.equals(table_before), "the published table is unchanged"
+
+
+def test_a_refresh_that_fails_part_way_changes_nothing(tmp_path, monkeypatch):
+    """Features are updated early in a refresh; a later failure must roll them back with the rest."""
+    from rec_pipeline.core import refresh as refresh_module
+
+    settings = Settings(home=tmp_path / "home")
+    settings.ensure_dirs()
+    events = Simulator(SimulatorConfig(seed=5, n_users=300, n_items=200)).events(BATCH)
+    land_batch(settings, events, 0)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("crash while registering")
+
+    monkeypatch.setattr(refresh_module, "_register", fail)
+    with pytest.raises(RuntimeError, match="crash while registering"):
+        run(settings, ModelRegistry(settings.models_dir))
+    with settings.warehouse().connect() as con:
+        for table in ("user_item_strength", "item_popularity", "refresh_batches", "model_registry", "recommendations"):
+            assert con.execute(f"SELECT count(*) FROM {table}").fetchall() == [(0,)], table
+    monkeypatch.undo()
+    assert run(settings, ModelRegistry(settings.models_dir)).events == BATCH, "the next refresh redoes the step"

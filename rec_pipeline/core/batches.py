@@ -16,6 +16,7 @@ import polars as pl
 
 from rec_pipeline.core.contract import EVENT_COLUMNS, EVENT_SCHEMA
 from rec_pipeline.core.quality import BatchProfile, CheckOutcome
+from rec_pipeline.core.warehouse import transaction
 
 _FIELDS = ", ".join(EVENT_COLUMNS)
 
@@ -58,8 +59,7 @@ def record_checks(
     now = now or datetime.now(timezone.utc)
     blocked = any(not o.passed and o.severity == "ERROR" for o in outcomes)
     status = "failed" if blocked else "passed"
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM batch_checks WHERE batch_id = ?", [batch_id])
         con.executemany(
             "INSERT INTO batch_checks VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -70,10 +70,6 @@ def record_checks(
             "UPDATE ingested_files SET quality_status = ? WHERE batch_id = ? AND quality_status NOT IN ('released', 'dropped')",
             [status, batch_id],
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return status
 
 

@@ -66,6 +66,7 @@ import duckdb
 import polars as pl
 
 from rec_pipeline.core.contract import DEFAULT_EVENT_WEIGHTS, EVENT_SCHEMA
+from rec_pipeline.core.warehouse import transaction
 
 UTC = timezone.utc
 LN2 = math.log(2.0)
@@ -231,15 +232,10 @@ def _adopt_config(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> None
 def reset_features(con: duckdb.DuckDBPyConnection, config: FeatureConfig | None = None) -> None:
     """Empty every state table and record ``config``: the next refreshes rebuild from scratch."""
     config = config or FeatureConfig()
-    _run(con, "BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         for table in _STATE_TABLES:
             _run(con, f"DELETE FROM {table}")
         _adopt_config(con, config)
-        _run(con, "COMMIT")
-    except Exception:
-        _run(con, "ROLLBACK")
-        raise
 
 
 # ---------------------------------------------------------------------------------------------- update
@@ -317,8 +313,7 @@ def update_features(
         *[_lse_agg(f"p_{label}").alias(f"new_{label}") for label in config.popularity_labels], *times)
     b_user = ev.group_by("user_id").agg(_lse_agg("term").alias("log_new"), *times)
 
-    _run(con, "BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         if not _check_config(con, config):
             _adopt_config(con, config)
         # user-item
@@ -379,10 +374,6 @@ def update_features(
             user_activity=_write(con, "user_activity", ["user_id"], user),
             user_category_affinity=n_cat,
         )
-        _run(con, "COMMIT")
-    except Exception:
-        _run(con, "ROLLBACK")
-        raise
     return counts
 
 

@@ -32,7 +32,7 @@ from rec_pipeline.core.sources import (
     format_suffix,
     record_source,
 )
-from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.core.warehouse import Warehouse, transaction
 
 # Errors that mean "this file cannot be read"; anything else is a bug and propagates.
 UNREADABLE_FILE_ERRORS = (
@@ -126,8 +126,7 @@ def _land_in_transaction(
     sha256: str,
     now: datetime,
 ) -> tuple[int, int, int, int]:
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         rejected = _insert_rejects(con, batch_id, path)
         landed = _insert_new_events(con, batch_id)
         read = con.execute("SELECT count(*) FROM batch_rows WHERE NOT skip").fetchone()[0]
@@ -143,10 +142,6 @@ def _land_in_transaction(
              read, landed, duplicates, rejected, now],
         )
         con.execute("DROP TABLE batch_rows")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return read, landed, duplicates, rejected
 
 

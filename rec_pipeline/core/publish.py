@@ -13,6 +13,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from rec_pipeline.core.warehouse import transaction
+
 RECOMMENDATION_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.String(),
     "item_id": pl.String(),
@@ -41,14 +43,9 @@ SERVING_MACRO = (
 def replace_recommendations(con: duckdb.DuckDBPyConnection, recommendations: pl.DataFrame) -> int:
     """Swap the whole table in one transaction: readers see the old rows or the new, never a mix."""
     frame = recommendations.select(list(RECOMMENDATION_SCHEMA)).cast(RECOMMENDATION_SCHEMA)  # noqa: F841
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM recommendations")
         inserted = con.execute("INSERT INTO recommendations SELECT * FROM frame").fetchone()[0]
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return inserted
 
 

@@ -35,7 +35,7 @@ from rec_pipeline.core.ranking import Ranker, RankerConfig, label_candidates
 from rec_pipeline.core.recommender import FALLBACK, Recommender, order_by_score, popular_items, with_features
 from rec_pipeline.core.registry import ModelRegistry, new_version
 from rec_pipeline.core.retrieval import RetrievalConfig, RetrievalModel, interactions_from_events
-from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.core.warehouse import Warehouse, transaction
 
 
 @dataclass(frozen=True)
@@ -94,20 +94,25 @@ def refresh(
             return RefreshResult(0, None, champion_row.version if champion_row else None, False,
                                  "no new validated events", {}, 0, {})
         train, holdout = split_by_time(new, config.holdout_fraction)
-        challenger = _train_challenger(con, champion, train, config, stages)
-        with stages("gate"):
-            decision = _evaluate(con, challenger, champion, holdout, train["ts"].max(), config)
-        with stages("register"):
-            version = _register(con, registry, challenger, champion_row, train, decision, now)
-        with stages("features"):
-            update_features(con, holdout, config.features)
-        champion_version = version if decision.promoted else (champion_row.version if champion_row else None)
-        published = 0
-        if decision.promoted or champion_row is None:  # a rejection leaves the published lists as they were
-            with stages("publish"):
-                model = challenger if decision.promoted else None
-                published = publish(con, model, champion_version, serving_path, holdout["ts"].max(), config, now)
-        _mark_consumed(con, new, version, champion_version, decision, published, stages, now)
+        # One transaction for every write, so a crash part-way leaves the events unconsumed and the
+        # features untouched, and the next refresh redoes the whole step.
+        with transaction(con):
+            challenger = _train_challenger(con, champion, train, config, stages)
+            with stages("gate"):
+                decision = _evaluate(con, challenger, champion, holdout, train["ts"].max(), config)
+            with stages("register"):
+                version = _register(con, registry, challenger, champion_row, train, decision, now)
+            with stages("features"):
+                update_features(con, holdout, config.features)
+            champion_version = version if decision.promoted else (champion_row.version if champion_row else None)
+            published = 0
+            if decision.promoted or champion_row is None:  # a rejection leaves the published lists as they were
+                with stages("publish"):
+                    model = challenger if decision.promoted else None
+                    published = publish(con, model, champion_version, holdout["ts"].max(), config, now)
+            _mark_consumed(con, new, version, champion_version, decision, published, stages, now)
+        with stages("publish"):
+            publish_serving(con, serving_path)
     return RefreshResult(new.height, version, champion_version, decision.promoted, decision.reason,
                          decision.metrics, published, stages.seconds)
 
@@ -225,10 +230,11 @@ def _register(con, registry: ModelRegistry, challenger: Recommender, champion_ro
     return version
 
 
-def publish(con: duckdb.DuckDBPyConnection, model: Recommender | None, version: str | None, serving_path: Path,
-            at: datetime, config: RefreshConfig, now: datetime) -> int:
+def publish(con: duckdb.DuckDBPyConnection, model: Recommender | None, version: str | None, at: datetime,
+            config: RefreshConfig, now: datetime) -> int:
     """Top-K for every user the features know, from `model` (or the trending fallback before any
-    model is promoted), swapped in atomically and published; returns the rows published."""
+    model is promoted), swapped in atomically with the trending list; returns the rows written.
+    `publish_serving` then copies them to the serving file."""
     users = con.sql("SELECT user_id FROM user_activity ORDER BY user_id").pl()["user_id"].to_list()
     excluded = _never_again(con, config.exclude_event_types)
     fallback = popular_lists(con, users, excluded, at, config, trending=True)
@@ -239,9 +245,7 @@ def publish(con: duckdb.DuckDBPyConnection, model: Recommender | None, version: 
     trending = popular_items(con, at, config.features, config.k, trending=True).with_columns(generated_at=pl.lit(now))
     con.execute("DELETE FROM trending_items")
     con.execute("INSERT INTO trending_items SELECT item_id, rank, score, generated_at FROM trending")
-    published = replace_recommendations(con, lists.with_columns(generated_at=pl.lit(now)))
-    publish_serving(con, serving_path)
-    return published
+    return replace_recommendations(con, lists.with_columns(generated_at=pl.lit(now)))
 
 
 def _never_again(con: duckdb.DuckDBPyConnection, event_types: tuple[str, ...]) -> pl.DataFrame:
@@ -282,6 +286,9 @@ def rollback(warehouse: Warehouse, registry: ModelRegistry, serving_path: Path, 
     now = now or datetime.now(timezone.utc)
     with warehouse.connect() as con:
         model = Recommender.load(registry.verified_artifact(con, version))
-        registry.make_champion(con, version)
-        latest = con.execute("SELECT max(ts) FROM events_validated").fetchall()[0][0] or now
-        return publish(con, model, version, serving_path, latest, config, now)
+        with transaction(con):
+            registry.make_champion(con, version)
+            latest = con.execute("SELECT max(ts) FROM events_validated").fetchall()[0][0] or now
+            published = publish(con, model, version, latest, config, now)
+        publish_serving(con, serving_path)
+        return published

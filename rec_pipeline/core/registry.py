@@ -15,6 +15,8 @@ from pathlib import Path
 
 import duckdb
 
+from rec_pipeline.core.warehouse import transaction
+
 
 class ArtifactError(RuntimeError):
     """An artifact is missing, outside the models folder, or its files do not match the checksum."""
@@ -102,14 +104,9 @@ class ModelRegistry:
     def make_champion(self, con: duckdb.DuckDBPyConnection, version: str) -> None:
         """Promote (or roll back to) `version`; the previous champion is retired. One transaction."""
         self.get(con, version)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute("UPDATE model_registry SET status = 'retired' WHERE status = 'champion'")
             con.execute("UPDATE model_registry SET status = 'champion' WHERE version = ?", [version])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     def reject(self, con: duckdb.DuckDBPyConnection, version: str) -> None:
         con.execute("UPDATE model_registry SET status = 'rejected' WHERE version = ?", [version])

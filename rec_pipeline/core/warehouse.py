@@ -69,6 +69,28 @@ def apply_migrations(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) ->
     return newly_applied
 
 
+_OPEN_TRANSACTIONS: set[int] = set()
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """A transaction on `con`, or a part of the one already open there (DuckDB cannot nest them and
+    aborts the open one on a second BEGIN): then the outermost block commits or rolls back."""
+    if id(con) in _OPEN_TRANSACTIONS:
+        yield
+        return
+    con.execute("BEGIN TRANSACTION")
+    _OPEN_TRANSACTIONS.add(id(con))
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        _OPEN_TRANSACTIONS.discard(id(con))
+
+
 def _is_lock_error(error: duckdb.Error) -> bool:
     return "lock" in str(error).lower()
 
