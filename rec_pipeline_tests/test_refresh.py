@@ -124,3 +124,16 @@ def test_a_refresh_that_fails_part_way_changes_nothing(tmp_path, monkeypatch):
             assert con.execute(f"SELECT count(*) FROM {table}").fetchall() == [(0,)], table
     monkeypatch.undo()
     assert run(settings, ModelRegistry(settings.models_dir)).events == BATCH, "the next refresh redoes the step"
+
+
+def test_a_batch_too_small_to_judge_is_consumed_without_promotion(tmp_path):
+    settings = Settings(home=tmp_path / "home")
+    settings.ensure_dirs()
+    events = Simulator(SimulatorConfig(seed=6, n_users=50, n_items=40)).events(3)
+    path = write_events(events, settings.imports_dir / "tiny.parquet")
+    report = land_file(settings.warehouse(), path)
+    with settings.warehouse().connect() as con:
+        con.execute("UPDATE ingested_files SET quality_status = 'passed' WHERE batch_id = ?", [report.batch_id])
+    result = run(settings, ModelRegistry(settings.models_dir))
+    assert (result.events, result.promoted) == (3, False) and result.reason.startswith("Not promoted")
+    assert run(settings, ModelRegistry(settings.models_dir)).events == 0, "consumed"

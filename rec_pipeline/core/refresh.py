@@ -180,6 +180,8 @@ def _evaluate(con, challenger: Recommender, champion: Recommender | None, holdou
               at: datetime, config: RefreshConfig) -> GateDecision:
     targets = slice_targets(con, holdout)
     users = sample_users(targets["user_id"].unique().sort().to_list(), config.eval_users)
+    if not users:
+        return GateDecision(False, "Not promoted: no user touched a new item in the gate's slice.", {})
     targets = targets.filter(pl.col("user_id").is_in(users))
     seen = seen_items(con, users)
     n_items = con.execute("SELECT count(*) FROM item_popularity").fetchone()[0]
