@@ -36,6 +36,9 @@ def one_line_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except KeyError as error:  # an unknown batch or model version
+            print(f"rec-pipeline: {error.args[0]}", file=sys.stderr)
+            raise typer.Exit(1) from None
         except (UsageError, OSError, ValueError, WarehouseLockedError, duckdb.Error) as error:
             print(f"rec-pipeline: {error}", file=sys.stderr)
             raise typer.Exit(1) from None
@@ -122,10 +125,7 @@ def _decide(batch_id: str, decision: str) -> None:
     from rec_pipeline.core.batches import set_operator_decision
 
     with Settings.from_env().warehouse().connect() as con:
-        try:
-            set_operator_decision(con, batch_id, decision)
-        except KeyError as error:
-            raise UsageError(error.args[0]) from None
+        set_operator_decision(con, batch_id, decision)
     console.print(f"{batch_id}: {decision}")
 
 
@@ -242,10 +242,7 @@ def rollback(version: str) -> None:
     from rec_pipeline.core.registry import ModelRegistry
 
     settings = Settings.from_env()
-    try:
-        published = rollback_to(settings.warehouse(), ModelRegistry(settings.models_dir), settings.serving_path, version)
-    except KeyError as error:
-        raise UsageError(error.args[0]) from None
+    published = rollback_to(settings.warehouse(), ModelRegistry(settings.models_dir), settings.serving_path, version)
     console.print(f"{version} is the champion; {published} recommendations published")
 
 
