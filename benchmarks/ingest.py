@@ -16,10 +16,8 @@ Usage: python benchmarks/ingest.py [--sizes 1000000 5000000] [--formats parquet 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -29,7 +27,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, code_version, fmt_load, machine, peak_rss_mib
 SEED = 0
 CHUNK_ROWS = 250_000
 # Events start well in the past, so none falls after the contract's "now + 1 day" whatever the date.
@@ -102,14 +100,7 @@ def write_jsonl(chunks, path: Path) -> None:
 
 def run_child(args: argparse.Namespace) -> dict:
     seconds = bare_seconds(args.file, args.db) if args.child == "bare" else pipeline_seconds(args)
-    return {"seconds": seconds, "peak_rss_mib": peak_rss_kib() / 1024}
-
-
-def peak_rss_kib() -> int:
-    """This process's own peak RSS (Linux VmHWM). Not getrusage's ru_maxrss: Linux carries the
-    parent's high-water mark over fork and exec into it, so a child would report the parent's peak."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return {"seconds": seconds, "peak_rss_mib": peak_rss_mib()}
 
 
 def bare_seconds(file: Path, db: Path) -> float:
@@ -182,28 +173,6 @@ def rss_growth(rows: list[dict]) -> dict:
     return growth
 
 
-def machine() -> dict:
-    return {
-        "nproc": os.cpu_count(),
-        "ram_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-        "python": platform.python_version(),
-        "duckdb": __import__("duckdb").__version__,
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-    }
-
-
-def code_version() -> dict:
-    """The commit, the uncommitted changes to the pipeline, and a digest of its code as it is now."""
-    git = ["git", "-C", str(ROOT)]
-    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    modified = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "rec_pipeline", "sql"],
-                              capture_output=True, text=True).stdout.split()[1::2]
-    digest = hashlib.sha256()
-    for path in sorted([*ROOT.glob("rec_pipeline/**/*.py"), *ROOT.glob("sql/*.sql")]):
-        digest.update(path.read_bytes())
-    return {"commit": commit, "modified": modified, "code_sha256": digest.hexdigest()[:12]}
-
-
 def print_table(report: dict) -> None:
     m = report["machine"]
     print(f"machine: {m['nproc']} CPUs, {m['ram_gib']:.1f} GiB RAM, Python {m['python']}, DuckDB {m['duckdb']},"
@@ -223,10 +192,6 @@ def print_table(report: dict) -> None:
     for fmt, g in report.get("rss_growth", {}).items():
         print(f"peak RSS growth {g['sizes'][1]:,}/{g['sizes'][0]:,} events, {fmt}:"
               f" pipeline x{g['pipeline']:.2f}, bare x{g['bare']:.2f}")
-
-
-def fmt_load(load: list[float]) -> str:
-    return "/".join(f"{x:.2f}" for x in load)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,10 +26,8 @@ Usage: python benchmarks/refresh.py [--history 1000000 10000000] [--new 10000] [
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -38,7 +36,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, code_version, fmt_load, machine, peak_rss_mib
 SEED = 0
 N_USERS, N_ITEMS = 50_000, 10_000
 FILE_ROWS = 1_000_000  # events per landed history file
@@ -61,12 +59,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # --- shared by the children -------------------------------------------------------------------
-
-
-def peak_rss_mib() -> float:
-    """This process's own peak RSS (Linux VmHWM); see benchmarks/ingest.py for why not ru_maxrss."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def settings(home: Path):
@@ -250,27 +242,6 @@ def run_size(workdir: Path, history: int, new: int) -> dict:
             "wall_s": time.perf_counter() - start, **steps}
 
 
-def machine() -> dict:
-    import duckdb
-    import polars
-
-    return {"nproc": os.cpu_count(), "ram_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-            "python": platform.python_version(), "duckdb": duckdb.__version__, "polars": polars.__version__,
-            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
-
-
-def code_version() -> dict:
-    """The commit, the uncommitted pipeline files, and a digest of the pipeline code as it is now."""
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    modified = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "rec_pipeline", "sql"],
-                              capture_output=True, text=True).stdout.split()[1::2]
-    digest = hashlib.sha256()
-    for path in sorted([*ROOT.glob("rec_pipeline/**/*.py"), *ROOT.glob("sql/*.sql")]):
-        digest.update(path.read_bytes())
-    return {"commit": head, "modified": modified, "code_sha256": digest.hexdigest()[:12]}
-
-
 # --- output -----------------------------------------------------------------------------------
 
 
@@ -312,10 +283,6 @@ def footer(r: dict) -> str:
     imports = "/".join(f"{r[step]['import_s']:.1f}" for step in ("initial", "refresh", "publish"))
     return (f"history {r['history']:,}: {made}; size total {r['wall_s']:.0f} s; imports (untimed) {imports} s\n"
             f"  initial: {initial['reason']}{forced}\n  +{r['new']:,}: {r['refresh']['reason']}")
-
-
-def fmt_load(load: list[float]) -> str:
-    return "/".join(f"{x:.2f}" for x in load)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,45 @@
+"""What every benchmark records beside its figures: the machine, the code measured, the load, and
+each child process's own peak memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS (Linux VmHWM). Not getrusage's ru_maxrss: Linux carries the
+    parent's high-water mark over fork and exec into it, so a child would report the parent's peak."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
+def machine() -> dict:
+    import duckdb
+    import polars
+
+    return {"nproc": os.cpu_count(), "ram_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+            "python": platform.python_version(), "duckdb": duckdb.__version__, "polars": polars.__version__,
+            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")}
+
+
+def code_version() -> dict:
+    """The commit, the uncommitted pipeline files, and a digest of the pipeline code as it is now."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    modified = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "rec_pipeline", "sql"],
+                              capture_output=True, text=True).stdout.split()[1::2]
+    digest = hashlib.sha256()
+    for path in sorted([*ROOT.glob("rec_pipeline/**/*.py"), *ROOT.glob("sql/*.sql")]):
+        digest.update(path.read_bytes())
+    return {"commit": head, "modified": modified, "code_sha256": digest.hexdigest()[:12]}
+
+
+def fmt_load(load: list[float]) -> str:
+    return "/".join(f"{x:.2f}" for x in load)
