@@ -41,5 +41,16 @@ def code_version() -> dict:
     return {"commit": head, "modified": modified, "code_sha256": digest.hexdigest()[:12]}
 
 
+def print_provenance(report: dict, extra: str = "") -> None:
+    """The two lines above every results table: machine and load, then the code measured."""
+    m = report["machine"]
+    print(f"machine: {m['nproc']} CPUs, {m['ram_gib']:.1f} GiB RAM, Python {m['python']}, DuckDB {m['duckdb']},"
+          f" Polars {m['polars']}, {m['date_utc']} UTC; load avg (1/5/15 min) start {fmt_load(report['load_start'])},"
+          f" end {fmt_load(report['load_end'])}{extra}")
+    code = report["code"]
+    print(f"code: {code['commit']}, modified {code['modified'] or 'nothing'}, digest {code['code_sha256']}"
+          + ("" if report["code_unchanged"] else "; WARNING: the pipeline code changed during the run"))
+
+
 def fmt_load(load: list[float]) -> str:
     return "/".join(f"{x:.2f}" for x in load)

@@ -27,7 +27,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, code_version, fmt_load, machine, peak_rss_mib
+from common import ROOT, code_version, machine, peak_rss_mib, print_provenance
 SEED = 0
 CHUNK_ROWS = 250_000
 # Events start well in the past, so none falls after the contract's "now + 1 day" whatever the date.
@@ -174,13 +174,7 @@ def rss_growth(rows: list[dict]) -> dict:
 
 
 def print_table(report: dict) -> None:
-    m = report["machine"]
-    print(f"machine: {m['nproc']} CPUs, {m['ram_gib']:.1f} GiB RAM, Python {m['python']}, DuckDB {m['duckdb']},"
-          f" {m['date_utc']} UTC; load avg (1/5/15 min) start {fmt_load(report['load_start'])},"
-          f" end {fmt_load(report['load_end'])}; repeats {report['repeats']}")
-    code = report["code"]
-    print(f"code: {code['commit']}, modified {code['modified'] or 'nothing'}, digest {code['code_sha256']}"
-          + ("" if report["code_unchanged"] else "; WARNING: the pipeline code changed during the run"))
+    print_provenance(report, extra=f"; repeats {report['repeats']}")
     header = (f"{'events':>9} {'format':<7} {'file MiB':>8} {'bare s':>7} {'bare ev/s':>10} {'pipe s':>7}"
               f" {'pipe ev/s':>10} {'ratio':>6} {'bare MiB':>8} {'pipe MiB':>8} {'load1':>5}")
     print(header, "-" * len(header), sep="\n")

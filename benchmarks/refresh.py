@@ -36,7 +36,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, code_version, fmt_load, machine, peak_rss_mib
+from common import ROOT, code_version, machine, peak_rss_mib, print_provenance
 SEED = 0
 N_USERS, N_ITEMS = 50_000, 10_000
 FILE_ROWS = 1_000_000  # events per landed history file
@@ -246,13 +246,7 @@ def run_size(workdir: Path, history: int, new: int) -> dict:
 
 
 def print_table(report: dict) -> None:
-    m = report["machine"]
-    print(f"machine: {m['nproc']} CPUs, {m['ram_gib']:.1f} GiB RAM, Python {m['python']}, DuckDB {m['duckdb']},"
-          f" Polars {m['polars']}, {m['date_utc']} UTC; load avg (1/5/15 min) start {fmt_load(report['load_start'])},"
-          f" end {fmt_load(report['load_end'])}")
-    code = report["code"]
-    print(f"code: {code['commit']}, modified {code['modified'] or 'nothing'}, digest {code['code_sha256']}"
-          + ("" if report["code_unchanged"] else "; WARNING: the pipeline code changed during the run"))
+    print_provenance(report)
     header = (f"{'history':>10} {'refresh':<8} {'events':>10} " + " ".join(f"{s[:8]:>8}" for s in STAGES)
               + f" {'total s':>8} {'cand s':>7} {'published':>9} {'promoted':>8} {'peak MiB':>8} {'load1':>5}")
     print(header, "-" * len(header), sep="\n")
