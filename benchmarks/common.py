@@ -4,9 +4,11 @@ each child process's own peak memory."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,6 +41,22 @@ def code_version() -> dict:
     for path in sorted([*ROOT.glob("rec_pipeline/**/*.py"), *ROOT.glob("sql/*.sql")]):
         digest.update(path.read_bytes())
     return {"commit": head, "modified": modified, "code_sha256": digest.hexdigest()[:12]}
+
+
+def measured(results: Callable[[], list[dict]], **extra) -> dict:
+    """A report: the machine, the code, the load before and after, and the results of `results()`."""
+    report = {"machine": machine(), "code": code_version(), **extra, "load_start": list(os.getloadavg())}
+    report["results"] = results()
+    report["load_end"] = list(os.getloadavg())
+    report["code_unchanged"] = code_version()["code_sha256"] == report["code"]["code_sha256"]
+    return report
+
+
+def print_report(report: dict, print_table: Callable[[dict], None], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
 
 
 def print_provenance(report: dict, extra: str = "") -> None:

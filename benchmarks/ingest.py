@@ -27,7 +27,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, code_version, machine, peak_rss_mib, print_provenance
+from common import ROOT, measured, peak_rss_mib, print_provenance, print_report
 SEED = 0
 CHUNK_ROWS = 250_000
 # Events start well in the past, so none falls after the contract's "now + 1 day" whatever the date.
@@ -193,17 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(run_child(args)))
         return
-    report = {"machine": machine(), "code": code_version(), "repeats": args.repeats,
-              "load_start": list(os.getloadavg())}
-    report["results"] = rows = [measure(n, fmt, args.repeats, args.workdir) for n in args.sizes for fmt in args.formats]
-    report["load_end"] = list(os.getloadavg())
-    report["code_unchanged"] = code_version() == report["code"]
+    report = measured(lambda: [measure(n, fmt, args.repeats, args.workdir)
+                               for n in args.sizes for fmt in args.formats], repeats=args.repeats)
     if len(args.sizes) > 1:
-        report["rss_growth"] = rss_growth(rows)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_table(report)
+        report["rss_growth"] = rss_growth(report["results"])
+    print_report(report, print_table, args.json)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, code_version, machine, peak_rss_mib, print_provenance
+from common import ROOT, measured, peak_rss_mib, print_provenance, print_report
 SEED = 0
 N_USERS, N_ITEMS = 50_000, 10_000
 FILE_ROWS = 1_000_000  # events per landed history file
@@ -287,14 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "code": code_version(), "load_start": list(os.getloadavg())}
-    report["results"] = [run_size(args.workdir, history, args.new) for history in args.history]
-    report["load_end"] = list(os.getloadavg())
-    report["code_unchanged"] = code_version()["code_sha256"] == report["code"]["code_sha256"]
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_table(report)
+    report = measured(lambda: [run_size(args.workdir, history, args.new) for history in args.history])
+    print_report(report, print_table, args.json)
 
 
 if __name__ == "__main__":
