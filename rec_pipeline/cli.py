@@ -275,7 +275,7 @@ def demo(
             champion = registry.champion(con)
             model = Recommender.load(registry.verified_artifact(con, champion.version)) if champion else None
             new = con.sql("SELECT * FROM events_validated ANTI JOIN refresh_batches USING (batch_id)").pl()
-            scores = batch_ndcg(con, model, simulator, new) if new.height else {}
+            scores = batch_ndcg(con, {"champion": model}, simulator, new) if new.height else {}
         outcome = _run_refresh()
         rows.append({"batch": batch, "landed": landed["landed"], "rejected": landed["rejected"],
                      "model_version": outcome["model_version"], "promoted": outcome["promoted"], **scores})

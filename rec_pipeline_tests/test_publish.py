@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 import duckdb
 import polars as pl
+import pytest
 
 from rec_pipeline.core.publish import publish_serving, replace_recommendations
 
@@ -36,10 +37,28 @@ def test_a_failed_swap_leaves_the_old_table(warehouse):
     with warehouse.connect() as con:
         replace_recommendations(con, recommendations("m-1"))
         broken = recommendations("m-2").with_columns(pl.lit(None, pl.String).alias("item_id"))
-        try:
+        with pytest.raises(duckdb.ConstraintException):
             replace_recommendations(con, broken)
-        except duckdb.ConstraintException:
-            pass
+        assert con.execute("SELECT count(*), min(model_version) FROM recommendations").fetchone() == (USERS * K, "m-1")
+
+
+def test_chunks_are_written_as_one_swap(warehouse):
+    fresh = recommendations("m-2")
+    with warehouse.connect() as con:
+        replace_recommendations(con, recommendations("m-1"))
+        assert replace_recommendations(con, (fresh.slice(i, 3000) for i in range(0, fresh.height, 3000))) == USERS * K
+        assert con.execute("SELECT count(*), min(model_version) FROM recommendations").fetchone() == (USERS * K, "m-2")
+
+
+def test_a_chunk_failing_midway_rolls_back_the_chunks_before_it(warehouse):
+    def chunks():
+        yield recommendations("m-2").head(100)
+        raise RuntimeError("scoring failed")
+
+    with warehouse.connect() as con:
+        replace_recommendations(con, recommendations("m-1"))
+        with pytest.raises(RuntimeError, match="scoring failed"):
+            replace_recommendations(con, chunks())
         assert con.execute("SELECT count(*), min(model_version) FROM recommendations").fetchone() == (USERS * K, "m-1")
 
 

@@ -186,6 +186,16 @@ def test_update_returns_a_new_ranker_and_leaves_the_base_untouched(
     np.testing.assert_allclose(new.contributions(rows, "path").sum(axis=1), new.score(rows), rtol=1e-6, atol=1e-6)
 
 
+def test_continue_starts_over_once_the_base_reaches_max_trees(ranker: Ranker, train: pl.DataFrame,
+                                                               held_out: pl.DataFrame) -> None:
+    capped = RankerConfig(**{**FAST.to_json(), "max_trees": ranker.num_trees + FAST.continue_rounds - 1,
+                             "features": FAST.features})
+    new = Ranker.fit(train, capped, base=ranker)
+    assert new.train_info["mode"] == "scratch (base at max_trees)"
+    assert new.num_trees == capped.rounds
+    assert ndcg10(held_out, new.score(held_out)) > 0.5  # random order scores about 0.2
+
+
 def test_update_rejects_a_different_feature_set(ranker: Ranker, train: pl.DataFrame) -> None:
     cfg = RankerConfig(num_threads=2, features=RANKING_FEATURES[:-1])
     with pytest.raises(ValueError, match="from scratch"):
@@ -254,6 +264,18 @@ def test_explain_gives_one_phrase_per_row_naming_the_dominant_feature(method: st
     two = model.explain(top_rows[:20], top=2, method=method)
     assert all(r.startswith("trending now") for r, one in zip(two, reasons[:20]) if one == "trending now")
     assert model.explain(top_rows[:0]) == []
+
+
+def test_explain_names_positive_item_side_phrases_only(ranker: Ranker, held_out: pl.DataFrame, monkeypatch) -> None:
+    col = {f: j for j, f in enumerate(ranker.features)}
+    contrib = np.full((3, len(ranker.features) + 1), -0.01)
+    contrib[1, col["user_n_events"]] = 5.0  # user-only: the same for all of a user's items, never the reason
+    contrib[2, col["item_trending"]], contrib[2, col["item_pop_1h"]] = 0.5, 0.4  # one phrase, summed: 0.9
+    contrib[2, col["ui_strength"]] = 0.3
+    monkeypatch.setattr(ranker, "contributions", lambda frame, method: contrib)
+    assert ranker.explain(held_out[:3], top=2) == [
+        DEFAULT_REASON, DEFAULT_REASON, "trending now, you engaged with it recently"]
+    assert ranker.explain(held_out[:3])[2] == "trending now"
 
 
 def test_score_requires_the_features_and_derives_the_event_type_weight(ranker: Ranker, held_out: pl.DataFrame) -> None:

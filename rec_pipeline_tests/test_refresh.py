@@ -1,22 +1,28 @@
 """The online loop end to end on a small simulation: refreshes learn, the gate guards the champion,
 and only the champion is ever published."""
 
+import dataclasses
+from datetime import datetime, timedelta, timezone
+
 import duckdb
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from rec_pipeline.config import Settings
 from rec_pipeline.core.catalogue import upsert_items
 from rec_pipeline.core.event_files import write_events
 from rec_pipeline.core.landing import land_file
 from rec_pipeline.core.ranking import RankerConfig
-from rec_pipeline.core.refresh import RefreshConfig, refresh
+from rec_pipeline.core.recommender import Recommender
+from rec_pipeline.core.refresh import RefreshConfig, refresh, rollback
 from rec_pipeline.core.registry import ModelRegistry
 from rec_pipeline.core.simulator import Simulator, SimulatorConfig
 
 BATCH = 10_000
 CONFIG = RefreshConfig(ranker=RankerConfig(rounds=30),
                        ranker_users=600, eval_users=600, candidates=50)
+NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +80,24 @@ def test_purchased_and_rated_items_are_never_recommended_again(loop):
             "SELECT count(*) FROM recommendations r JOIN events e USING (user_id, item_id)"
             " WHERE e.event_type IN ('purchase', 'rating')").fetchone()[0]
     assert clashes == 0
+
+
+def test_publishing_in_user_chunks_gives_the_same_table(loop):
+    settings, registry, _ = loop
+    with settings.warehouse().connect() as con:
+        champion = registry.champion(con).version
+
+    def published(chunk_users: int) -> pl.DataFrame:
+        config = dataclasses.replace(CONFIG, publish_chunk_users=chunk_users)
+        rows = rollback(settings.warehouse(), registry, settings.serving_path, champion, config, NOW)
+        with duckdb.connect(str(settings.serving_path), read_only=True) as reader:
+            table = reader.sql("SELECT * FROM recommendations ORDER BY user_id, rank").pl()
+        assert table.height == rows
+        return table
+
+    whole, chunked = published(10_000), published(7)
+    assert whole["user_id"].n_unique() > 7 * 3, "several chunks were needed"
+    assert_frame_equal(chunked, whole)
 
 
 def test_a_worse_challenger_is_rejected_and_the_published_table_is_unchanged(loop, monkeypatch):
@@ -137,3 +161,23 @@ def test_a_batch_too_small_to_judge_is_consumed_without_promotion(tmp_path):
     result = run(settings, ModelRegistry(settings.models_dir))
     assert (result.events, result.promoted) == (3, False) and result.reason.startswith("Not promoted")
     assert run(settings, ModelRegistry(settings.models_dir)).events == 0, "consumed"
+
+
+def test_idle_users_and_items_lose_their_embedding_rows(tmp_path):
+    settings = Settings(home=tmp_path / "home")
+    settings.ensure_dirs()
+    registry = ModelRegistry(settings.models_dir)
+    events = Simulator(SimulatorConfig(seed=7, n_users=400, n_items=200)).events(2 * BATCH)
+    land_batch(settings, events, 0)
+    run(settings, registry)
+    land_batch(settings, events, 1)
+    hour = dataclasses.replace(CONFIG, expire_after_days=1 / 24)
+    result = refresh(settings.warehouse(), registry, settings.serving_path, hour)
+    with settings.warehouse().connect() as con:
+        retrieval = Recommender.load(registry.verified_artifact(con, result.model_version)).retrieval
+        users = con.sql("SELECT user_id, last_ts FROM user_activity").pl()
+        trained_until = con.sql("SELECT max(window_end) FROM model_registry").fetchall()[0][0]
+    idle = set(users.filter(pl.col("last_ts") < trained_until - timedelta(hours=1))["user_id"])
+    assert idle and retrieval.train_info["expired_users"] > 0
+    assert not idle & set(retrieval.user_ids.tolist())
+    assert set(retrieval.user_ids.tolist()) <= set(users["user_id"]) - idle

@@ -3,6 +3,8 @@ champion, the popularity floor and the simulator's oracle rank what users went o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import duckdb
 import numpy as np
 import polars as pl
@@ -14,14 +16,15 @@ from rec_pipeline.core.refresh import RefreshConfig, model_lists, popular_lists,
 from rec_pipeline.core.simulator import Simulator
 
 
-def batch_ndcg(con: duckdb.DuckDBPyConnection, champion: Recommender | None, simulator: Simulator,
+def batch_ndcg(con: duckdb.DuckDBPyConnection, models: Mapping[str, Recommender | None], simulator: Simulator,
                batch: pl.DataFrame, config: RefreshConfig = RefreshConfig()) -> dict[str, float | None]:
-    """NDCG@eval_k on `batch` (landed, not yet learnt from) of the champion, the popularity floor
-    and the oracle, over the batch's users with new items; all three rank the full catalogue."""
+    """NDCG@eval_k on `batch` (landed, not yet learnt from) of each of `models` (`<name>_ndcg`,
+    None for a missing model), the popularity floor and the oracle, over the batch's users with new
+    items; all of them rank the full catalogue."""
     targets = slice_targets(con, batch)
     users = sample_users(targets["user_id"].unique().sort().to_list(), config.eval_users)
     if not users:
-        return {"users": 0, "champion_ndcg": None, "popularity_ndcg": None, "oracle_ndcg": None}
+        return {"users": 0, **{f"{name}_ndcg": None for name in (*models, "popularity", "oracle")}}
     targets = targets.filter(pl.col("user_id").is_in(users))
     seen = seen_items(con, users)
     at = batch["ts"].min()
@@ -31,12 +34,10 @@ def batch_ndcg(con: duckdb.DuckDBPyConnection, champion: Recommender | None, sim
     def ndcg(lists: pl.DataFrame) -> float:
         return score_lists(lists, targets, n_items, config.eval_k).ndcg
 
-    return {
-        "users": len(users),
-        "champion_ndcg": ndcg(model_lists(con, champion, users, seen, at, config, floor)) if champion else None,
-        "popularity_ndcg": ndcg(floor),
-        "oracle_ndcg": ndcg(oracle_lists(simulator, users, seen, at, config.eval_k)),
-    }
+    scores = {f"{name}_ndcg": ndcg(model_lists(con, model, users, seen, at, config, floor)) if model else None
+              for name, model in models.items()}
+    return {"users": len(users), **scores, "popularity_ndcg": ndcg(floor),
+            "oracle_ndcg": ndcg(oracle_lists(simulator, users, seen, at, config.eval_k))}
 
 
 def oracle_lists(simulator: Simulator, users: list[str], seen: pl.DataFrame, at, k: int) -> pl.DataFrame:

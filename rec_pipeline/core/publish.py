@@ -8,6 +8,7 @@ the old file open keeps reading it, and a new reader gets the complete new one.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
@@ -40,12 +41,18 @@ SERVING_MACRO = (
 )
 
 
-def replace_recommendations(con: duckdb.DuckDBPyConnection, recommendations: pl.DataFrame) -> int:
-    """Swap the whole table in one transaction: readers see the old rows or the new, never a mix."""
-    frame = recommendations.select(list(RECOMMENDATION_SCHEMA)).cast(RECOMMENDATION_SCHEMA)  # noqa: F841
+def replace_recommendations(con: duckdb.DuckDBPyConnection,
+                            recommendations: pl.DataFrame | Iterable[pl.DataFrame]) -> int:
+    """Swap the whole table in one transaction: readers see the old rows or the new, never a mix.
+    Takes one frame or an iterable of chunks (each is written as it comes, so only one chunk needs
+    to be in memory); a chunk that fails to convert rolls back every chunk before it."""
+    chunks = [recommendations] if isinstance(recommendations, pl.DataFrame) else recommendations
+    inserted = 0
     with transaction(con):
         con.execute("DELETE FROM recommendations")
-        inserted = con.execute("INSERT INTO recommendations SELECT * FROM frame").fetchone()[0]
+        for chunk in chunks:
+            frame = chunk.select(list(RECOMMENDATION_SCHEMA)).cast(RECOMMENDATION_SCHEMA)  # noqa: F841
+            inserted += con.execute("INSERT INTO recommendations SELECT * FROM frame").fetchall()[0][0]
     return inserted
 
 

@@ -27,13 +27,15 @@ Training
     (a feature's sign flips, two new ones matter) — base 0.353, continue 0.624, refit 0.393 (refit
     cannot split on features the old trees ignore). Over 8 drifting micro-batches continue reached
     0.70 and refit 0.49. Hence ``continue``; it grows the model by ``continue_rounds`` trees per
-    refresh (scoring cost grows with it), so retrain from scratch on a recent window now and then.
+    refresh and scoring cost grows with it, so once the base holds ``max_trees`` trees the refresh
+    trains ``rounds`` trees from scratch on the new data instead (the gate judges that model too).
 
 Threads
-    ``num_threads`` defaults to 1: on the 2-vCPU host with another busy process, 2 OpenMP threads
-    made a 0.4 s fit take 4-43 s (spin-waiting threads); 1 thread was steady. Scoring 100k users x
-    100 candidates (10M rows, 100 trees) took ~57 s on 1 thread; raise ``num_threads`` only for big
-    jobs on an idle machine.
+    ``num_threads`` (training) defaults to 1: on the 2-vCPU host with another busy process, 2
+    OpenMP threads made a 0.4 s fit take 4-43 s (threads spin-waiting at each iteration's
+    barriers); 1 thread was steady. ``predict_threads`` (scoring, explanations) defaults to all
+    cores: a prediction is one parallel region, and 2 threads took 1M rows from 6.1-7.0 s to
+    3.2-3.9 s right after a Keras fit in the same process.
 
 Explanations
     :meth:`Ranker.explain` gives one short reason per row: features' contributions are summed per
@@ -127,6 +129,9 @@ class RankerConfig:
     learning_rate: float = 0.05
     rounds: int = 100  # trees when training from scratch
     continue_rounds: int = 20  # trees added per refresh with update="continue"
+    # update="continue" retrains from scratch instead once the base holds this many trees: scoring
+    # cost grows with the trees, and a model that only ever grows would slow every publish.
+    max_trees: int = 300
     min_data_in_leaf: int = 20
     k: int = 10  # the cut-off the ranking is optimised for (ndcg@k)
     lambdarank_truncation_level: int = 13  # k + 3 (LightGBM docs: "slightly higher than k")
@@ -136,6 +141,9 @@ class RankerConfig:
     # 1: in a process that has imported TensorFlow, LightGBM's OpenMP threads spin against its pool
     # (30 trees: 37 s on 2 threads, 0.7 s on 1, measured in a refresh); 0 = all cores.
     num_threads: int = 1
+    # Scoring is one parallel region per call, with no per-iteration barriers to spin on: 2 threads
+    # scored 1M rows in 3.2-3.9 s against 6.1-7.0 s on 1, right after a Keras fit (same process).
+    predict_threads: int = 0
     features: tuple[str, ...] = RANKING_FEATURES
 
     def __post_init__(self) -> None:
@@ -144,6 +152,8 @@ class RankerConfig:
             raise ValueError(f"update must be 'continue' or 'refit', got {self.update!r}")
         if self.num_leaves < 2 or self.rounds < 1 or self.continue_rounds < 1 or self.min_data_in_leaf < 1:
             raise ValueError("num_leaves >= 2, rounds >= 1, continue_rounds >= 1, min_data_in_leaf >= 1 required")
+        if self.max_trees < self.rounds:
+            raise ValueError("max_trees must be >= rounds")
         if not self.learning_rate > 0 or self.k < 1 or self.lambdarank_truncation_level < 1:
             raise ValueError("learning_rate > 0, k >= 1 and lambdarank_truncation_level >= 1 required")
         if not 0.0 <= self.refit_decay_rate <= 1.0:
@@ -294,10 +304,10 @@ class Ranker:
         X, y, groups = _training_arrays(train, config.features)
         params = config.params()
         info: dict[str, Any] = {"rows": int(len(y)), "queries": int(len(groups)), "positives": int(y.sum())}
-        if base is None:
+        if base is None or (config.update == "continue" and base.num_trees + config.continue_rounds > config.max_trees):
             data = lgb.Dataset(X, y, group=groups, feature_name=list(config.features), params=params)
             booster = lgb.train(params, data, num_boost_round=config.rounds)
-            info["mode"] = "scratch"
+            info["mode"] = "scratch" if base is None else "scratch (base at max_trees)"
         elif config.update == "continue":
             data = lgb.Dataset(X, y, group=groups, feature_name=list(config.features), params=params)
             booster = lgb.train(params, data, num_boost_round=config.continue_rounds, init_model=base._booster)
@@ -321,7 +331,7 @@ class Ranker:
         out = np.empty(frame.height, np.float64)
         for start in range(0, frame.height, chunk_rows):
             X = _matrix(frame.slice(start, chunk_rows), self.features)
-            out[start:start + len(X)] = self._booster.predict(X, raw_score=True, num_threads=self.config.num_threads)
+            out[start:start + len(X)] = self._booster.predict(X, raw_score=True, num_threads=self.config.predict_threads)
         if frame.height == 0:
             _matrix(frame, self.features)  # still report missing columns
         return out
@@ -342,7 +352,7 @@ class Ranker:
         return out
 
     def _contrib(self, X: np.ndarray, method: str) -> np.ndarray:
-        threads = self.config.num_threads
+        threads = self.config.predict_threads
         if method == "shap":
             return np.asarray(self._booster.predict(X, pred_contrib=True, num_threads=threads), np.float64)
         from scipy import sparse  # a LightGBM dependency
@@ -430,12 +440,12 @@ class Ranker:
         by_phrase = np.stack([contrib[:, m].sum(axis=1) for m in members], axis=1)
         n_top = min(top, len(phrases))
         order = np.argsort(-by_phrase, axis=1, kind="stable")[:, :n_top]
-        vals = np.take_along_axis(by_phrase, order, axis=1)
-        out = []
-        for idx, v in zip(order.tolist(), vals.tolist()):
-            chosen = [phrases[i] for i, x in zip(idx, v) if x > 0]
-            out.append(", ".join(chosen) if chosen else DEFAULT_REASON)
-        return out
+        positive = np.take_along_axis(by_phrase, order, axis=1) > 0
+        names = dict(enumerate(phrases))
+        chosen = pl.DataFrame({f"p{i}": np.where(positive[:, i], order[:, i], -1) for i in range(n_top)}).select(
+            pl.all().replace_strict(names, default=None, return_dtype=pl.String))
+        joined = chosen.select(pl.concat_str(pl.all(), separator=", ", ignore_nulls=True).alias("reason"))["reason"]
+        return joined.replace("", DEFAULT_REASON).to_list()
 
     # --------------------------------------------------------------------------- persistence
 

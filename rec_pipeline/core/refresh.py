@@ -5,7 +5,8 @@ Given the validated events no refresh has consumed yet, in time order:
 2. the ranker learns from the older part: the champion's candidates for its users, their features
    as of just before it, labelled by what each user touched next; it continues the champion's ranker;
 3. the features take in the older part; the retrieval model is warm-started from the champion on
-   it plus a replay sample of recent history (a new model; the champion is untouched);
+   it plus a replay sample of recent history (a new model; the champion is untouched), then drops
+   the users and items idle for `expire_after_days`;
 4. challenger, champion and the popularity floor rank the full catalogue for the slice's users;
    the gate decides; the challenger is registered, then promoted or rejected, with the decision;
 5. the features take in the slice; when the challenger was promoted (or before any model was, with
@@ -20,7 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -52,6 +53,10 @@ class RefreshConfig:
     ranker_users: int = 5_000  # users sampled to train the ranker each refresh
     eval_users: int = 5_000
     exclude_event_types: tuple[str, ...] = ("purchase", "rating")  # never recommended again
+    publish_chunk_users: int = 10_000  # users ranked at once when publishing (bounds memory)
+    # Users and items with no event for this long (before the newest trained event) lose their
+    # embedding rows: the tables stop growing with everyone ever seen. None keeps every id.
+    expire_after_days: float | None = 90.0
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,15 @@ def _train_challenger(con, champion: Recommender | None, train: pl.DataFrame, co
         ranker = _train_ranker(con, source, champion.ranker if champion else None, train, config)
     with stages("features"):
         update_features(con, train, config.features)
+    if config.expire_after_days is not None:  # after the features took in `train`: returning ids are fresh
+        retrieval = _expire_inactive(con, retrieval, train["ts"].max() - timedelta(days=config.expire_after_days))
     return Recommender(retrieval, ranker)
+
+
+def _expire_inactive(con: duckdb.DuckDBPyConnection, retrieval: RetrievalModel, before: datetime) -> RetrievalModel:
+    users = con.sql("SELECT user_id, last_ts FROM user_activity").pl()
+    items = con.sql("SELECT item_id, last_ts FROM item_popularity").pl()
+    return retrieval.expire(before, users, items)
 
 
 def _recent_history(con: duckdb.DuckDBPyConnection, limit: int) -> pl.DataFrame:
@@ -205,13 +218,21 @@ def model_lists(con, model: Recommender, users: list[str], seen: pl.DataFrame, a
 
 
 def popular_lists(con, users: list[str], seen: pl.DataFrame, at: datetime, config: RefreshConfig,
-                   trending: bool) -> pl.DataFrame:
+                  trending: bool) -> pl.DataFrame:
     """Each user's most popular (or trending) items they have not touched, ranked."""
+    return popular_lists_from(popular_pool(con, seen, at, config, trending), users, seen, config.k)
+
+
+def popular_pool(con, seen: pl.DataFrame, at: datetime, config: RefreshConfig, trending: bool) -> pl.DataFrame:
+    """The most popular (or trending) items, enough that every user keeps `k` after their `seen` ones."""
     longest_seen = seen.group_by("user_id").len()["len"].max() or 0
-    popular = popular_items(con, at, config.features, config.k + longest_seen, trending=trending)
+    return popular_items(con, at, config.features, config.k + longest_seen, trending=trending)
+
+
+def popular_lists_from(pool: pl.DataFrame, users: list[str], seen: pl.DataFrame, k: int) -> pl.DataFrame:
     every = pl.DataFrame({"user_id": users}, schema={"user_id": pl.String}).join(
-        popular.select("item_id", "score"), how="cross")
-    return order_by_score(every.join(seen, on=["user_id", "item_id"], how="anti")).filter(pl.col("rank") <= config.k)
+        pool.select("item_id", "score"), how="cross")
+    return order_by_score(every.join(seen, on=["user_id", "item_id"], how="anti")).filter(pl.col("rank") <= k)
 
 
 def _register(con, registry: ModelRegistry, challenger: Recommender, champion_row, train: pl.DataFrame,
@@ -234,20 +255,29 @@ def _register(con, registry: ModelRegistry, challenger: Recommender, champion_ro
 
 def publish(con: duckdb.DuckDBPyConnection, model: Recommender | None, version: str | None, at: datetime,
             config: RefreshConfig, now: datetime) -> int:
-    """Top-K for every user the features know, from `model` (or the trending fallback before any
-    model is promoted), swapped in atomically with the trending list; returns the rows written.
-    `publish_serving` then copies them to the serving file."""
+    """Top-K for every user the features know, from `model` (or the trending fallback for users it
+    does not know, and for everyone before any model is promoted), swapped in atomically with the
+    trending list; returns the rows written. Users are ranked `publish_chunk_users` at a time, so
+    memory is bounded by a chunk, not by the user count. `publish_serving` then copies the tables."""
     users = con.sql("SELECT user_id FROM user_activity ORDER BY user_id").pl()["user_id"].to_list()
     excluded = _never_again(con, config.exclude_event_types)
-    fallback = popular_lists(con, users, excluded, at, config, trending=True)
-    if model is None:
-        lists = fallback.with_columns(model_version=pl.lit(FALLBACK), reason=pl.lit("trending now"))
-    else:
-        lists = _explained_lists(con, model, version, users, excluded, at, config, fallback)
+    pool = popular_pool(con, excluded, at, config, trending=True)
     trending = popular_items(con, at, config.features, config.k, trending=True).with_columns(generated_at=pl.lit(now))
-    con.execute("DELETE FROM trending_items")
-    con.execute("INSERT INTO trending_items SELECT item_id, rank, score, generated_at FROM trending")
-    return replace_recommendations(con, lists.with_columns(generated_at=pl.lit(now)))
+
+    def chunks() -> Iterator[pl.DataFrame]:
+        for start in range(0, len(users), config.publish_chunk_users):
+            chunk = pl.Series("user_id", users[start:start + config.publish_chunk_users], dtype=pl.String)
+            seen = excluded.filter(pl.col("user_id").is_in(chunk.implode()))
+            shown = _explained_lists(con, model, version, chunk.to_list(), seen, at, config)
+            unknown = chunk.filter(~chunk.is_in(shown["user_id"].implode())).to_list()
+            fallback = popular_lists_from(pool, unknown, seen, config.k).with_columns(
+                model_version=pl.lit(FALLBACK), reason=pl.lit("trending now"))
+            yield pl.concat([shown, fallback.select(shown.columns)]).with_columns(generated_at=pl.lit(now))
+
+    with transaction(con):
+        con.execute("DELETE FROM trending_items")
+        con.execute("INSERT INTO trending_items SELECT item_id, rank, score, generated_at FROM trending")
+        return replace_recommendations(con, chunks())
 
 
 def _never_again(con: duckdb.DuckDBPyConnection, event_types: tuple[str, ...]) -> pl.DataFrame:
@@ -257,18 +287,20 @@ def _never_again(con: duckdb.DuckDBPyConnection, event_types: tuple[str, ...]) -
     ).pl()
 
 
-def _explained_lists(con, model: Recommender, version: str, users: list[str], excluded: pl.DataFrame,
-                     at: datetime, config: RefreshConfig, fallback: pl.DataFrame) -> pl.DataFrame:
+def _explained_lists(con, model: Recommender | None, version: str | None, users: list[str], excluded: pl.DataFrame,
+                     at: datetime, config: RefreshConfig) -> pl.DataFrame:
+    """[user_id, item_id, rank, score, model_version, reason]: `model`'s top-K for the users it knows."""
+    columns = {"user_id": pl.String, "item_id": pl.String, "rank": pl.Int32, "score": pl.Float64,
+               "model_version": pl.String, "reason": pl.String}
+    if model is None:
+        return pl.DataFrame(schema=columns)
     ranked = model.rank(con, model.candidates(users, config.candidates, excluded), at, config.features)
     top = ranked.filter(pl.col("rank") <= config.k)
     # Path attribution: the same top reason as TreeSHAP for ~92% of rows at ~1/50 of the cost.
     reasons = (model.ranker.explain(top, method="path") if model.ranker is not None
                else ["similar to what you engage with"] * top.height)
-    shown = top.select("user_id", "item_id", "rank", "score").with_columns(
-        model_version=pl.lit(version), reason=pl.Series(reasons, dtype=pl.String))
-    unknown = fallback.filter(~pl.col("user_id").is_in(shown["user_id"].unique().implode())).with_columns(
-        model_version=pl.lit(FALLBACK), reason=pl.lit("trending now"))
-    return pl.concat([shown, unknown.select(shown.columns)])
+    return top.select("user_id", "item_id", "rank", "score").with_columns(
+        model_version=pl.lit(version), reason=pl.Series(reasons, dtype=pl.String)).cast(columns)
 
 
 def _mark_consumed(con, new: pl.DataFrame, version: str, champion: str | None, decision: GateDecision,
