@@ -1,7 +1,7 @@
 """Refresh benchmark: one micro-batch refresh of `--new` events on a history of 1M and 10M events.
 
 For each history size, a child process prepares (once, cached in the work folder) a home whose
-warehouse holds the simulated history (50k users, 10k items), landed with `land_file` in 1M-event
+warehouse holds the simulated history (`--users`, default 50k, and 10k items), landed with `land_file` in 1M-event
 Parquet files and marked `passed` (the quality suite is the Dagster asset's job, not measured
 here). A copy of that warehouse then goes through three steps, each in a fresh child process (as a
 refresh run is), each reporting its wall time and its own peak RSS:
@@ -20,7 +20,9 @@ Peak RSS is the child's own VmHWM from /proc/self/status (it includes those impo
 Candidate generation is not a stage of its own in `refresh`: each child wraps
 `Recommender.candidates` with a timer, so "cand s" is the part of ranker + gate + publish spent there.
 
-Usage: python benchmarks/refresh.py [--history 1000000 10000000] [--new 10000] [--workdir DIR] [--json]
+Usage: python benchmarks/refresh.py [--history 1000000 10000000] [--new 10000] [--users 50000]
+                                    [--workdir DIR] [--json]
+(the 100k-user publish figure: --history 2000000 --users 100000)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pathlib import Path
 
 from common import ROOT, measured, peak_rss_mib, print_provenance, print_report
 SEED = 0
-N_USERS, N_ITEMS = 50_000, 10_000
+N_ITEMS = 10_000
 FILE_ROWS = 1_000_000  # events per landed history file
 # Events start well in the past, so none falls after the contract's "now + 1 day" whatever the date.
 SIM_START = datetime(2020, 1, 1, tzinfo=timezone.utc)
@@ -49,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--history", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--new", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=50_000, help="simulated users (10k items)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "rec_pipeline_refresh_bench")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--child", choices=("prepare", "initial", "refresh", "publish"), help=argparse.SUPPRESS)
@@ -81,12 +84,12 @@ def land_passed(warehouse, path: Path, rows: int) -> None:
 # --- child 1: the cached home with the history landed -----------------------------------------
 
 
-def prepare(template: Path, history: int, new: int) -> dict:
+def prepare(template: Path, history: int, new: int, users: int) -> dict:
     """Generate history + new events, land the history; `template/ready` marks a complete home."""
     start = time.perf_counter()
     home = settings(template)
     home.ensure_dirs()
-    files = write_files(home.imports_dir, history, new)
+    files = write_files(home.imports_dir, history, new, users)
     generated = time.perf_counter()
     for path, rows in files:
         land_passed(home.warehouse(), path, rows)
@@ -95,14 +98,14 @@ def prepare(template: Path, history: int, new: int) -> dict:
             "peak_rss_mib": peak_rss_mib()}
 
 
-def write_files(folder: Path, history: int, new: int) -> list[tuple[Path, int]]:
+def write_files(folder: Path, history: int, new: int, users: int) -> list[tuple[Path, int]]:
     """History in FILE_ROWS-event Parquet files, then `new.parquet` with the next `new` events."""
     import polars as pl
 
     from rec_pipeline.core.event_files import write_events
     from rec_pipeline.core.simulator import Simulator, SimulatorConfig
 
-    config = SimulatorConfig(seed=SEED, n_users=N_USERS, n_items=N_ITEMS, start=SIM_START)
+    config = SimulatorConfig(seed=SEED, n_users=users, n_items=N_ITEMS, start=SIM_START)
     files, tail, offset = [], [], 0
     for chunk in Simulator(config).iter_event_chunks(history + new, FILE_ROWS):
         head = chunk.head(max(0, history - offset))
@@ -215,19 +218,19 @@ def spawn(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def template_for(workdir: Path, history: int, new: int) -> tuple[Path, dict | None]:
+def template_for(workdir: Path, history: int, new: int, users: int) -> tuple[Path, dict | None]:
     """The cached home for this size, prepared in a child on first use (None when cached)."""
-    template = workdir / f"home-h{history}-n{new}"
+    template = workdir / f"home-h{history}-n{new}-u{users}"
     if (template / "ready").exists():
         return template, None
     shutil.rmtree(template, ignore_errors=True)
     return template, spawn("--child", "prepare", "--template", str(template),
-                           "--history", str(history), "--new", str(new))
+                           "--history", str(history), "--new", str(new), "--users", str(users))
 
 
-def run_size(workdir: Path, history: int, new: int) -> dict:
+def run_size(workdir: Path, history: int, new: int, users: int) -> dict:
     start = time.perf_counter()
-    template, prepared = template_for(workdir, history, new)
+    template, prepared = template_for(workdir, history, new, users)
     load_1min = os.getloadavg()[0]
     home = workdir / f"run-h{history}"
     fresh_home(template, home)
@@ -238,7 +241,7 @@ def run_size(workdir: Path, history: int, new: int) -> dict:
         steps["publish"] = spawn("--child", "publish", *common, "--version", steps["refresh"]["version"])
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    return {"history": history, "new": new, "prepared": prepared, "load_1min": load_1min,
+    return {"history": history, "new": new, "users": users, "prepared": prepared, "load_1min": load_1min,
             "wall_s": time.perf_counter() - start, **steps}
 
 
@@ -275,19 +278,20 @@ def footer(r: dict) -> str:
             if p else "cached home")
     forced = " [made champion anyway for the next step]" if initial["forced_champion"] else ""
     imports = "/".join(f"{r[step]['import_s']:.1f}" for step in ("initial", "refresh", "publish"))
-    return (f"history {r['history']:,}: {made}; size total {r['wall_s']:.0f} s; imports (untimed) {imports} s\n"
+    return (f"history {r['history']:,} ({r['users']:,} simulated users): {made}; size total {r['wall_s']:.0f} s; imports (untimed) {imports} s\n"
             f"  initial: {initial['reason']}{forced}\n  +{r['new']:,}: {r['refresh']['reason']}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
-        result = (prepare(args.template, args.history[0], args.new) if args.child == "prepare"
+        result = (prepare(args.template, args.history[0], args.new, args.users) if args.child == "prepare"
                   else run_step(args.child, args.template, args.home, args.new, args.version))
         print(json.dumps(result))
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
-    report = measured(lambda: [run_size(args.workdir, history, args.new) for history in args.history])
+    report = measured(lambda: [run_size(args.workdir, history, args.new, args.users) for history in args.history],
+                      users=args.users)
     print_report(report, print_table, args.json)
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a throw-away warehouse, a fixed clock and a helper that writes input files."""
+"""Shared fixtures: a throw-away warehouse or pipeline home, the Dagster definitions, a fixed clock
+and a helper that writes input files."""
 
 from __future__ import annotations
 
@@ -37,3 +38,19 @@ def write_file(tmp_path: Path) -> Callable[[str, bytes | str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """REC_PIPELINE_HOME for this test, with its landing folder."""
+    monkeypatch.setenv("REC_PIPELINE_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "landing").mkdir(parents=True)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def definitions(home: Path):
+    """The code location's Definitions, as the UI loads them, on this test's home."""
+    from rec_pipeline.definitions import load_definitions
+
+    return load_definitions()

@@ -16,20 +16,6 @@ from rec_pipeline.defs.ingest.sensors import landing_sensor
 from rec_pipeline.defs.resources import PipelineResource
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("REC_PIPELINE_HOME", str(tmp_path / "home"))
-    (tmp_path / "home" / "landing").mkdir(parents=True)
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def definitions(home) -> dg.Definitions:
-    from rec_pipeline.definitions import load_definitions
-
-    return load_definitions()
-
-
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

@@ -181,3 +181,10 @@ def test_idle_users_and_items_lose_their_embedding_rows(tmp_path):
     assert idle and retrieval.train_info["expired_users"] > 0
     assert not idle & set(retrieval.user_ids.tolist())
     assert set(retrieval.user_ids.tolist()) <= set(users["user_id"]) - idle
+
+
+@pytest.mark.parametrize("bad", [{"k": 0}, {"candidates": 10, "k": 20}, {"holdout_fraction": 1.0},
+                                 {"publish_chunk_users": 0}, {"expire_after_days": 0}])
+def test_a_bad_refresh_config_is_refused(bad):
+    with pytest.raises(ValueError):
+        RefreshConfig(**bad)

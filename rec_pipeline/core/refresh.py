@@ -47,7 +47,7 @@ class RefreshConfig:
     gate: GatePolicy = field(default_factory=GatePolicy)
     k: int = 20  # recommendations published per user
     eval_k: int = 10
-    candidates: int = 100
+    candidates: int = 50  # retrieval candidates the ranker orders per user (benchmarks/README.md: 50 vs 100)
     holdout_fraction: float = 0.2
     replay_events: int = 50_000  # recent history mixed into each retrieval refresh
     ranker_users: int = 5_000  # users sampled to train the ranker each refresh
@@ -57,6 +57,17 @@ class RefreshConfig:
     # Users and items with no event for this long (before the newest trained event) lose their
     # embedding rows: the tables stop growing with everyone ever seen. None keeps every id.
     expire_after_days: float | None = 90.0
+
+    def __post_init__(self) -> None:
+        counts = ("k", "eval_k", "candidates", "ranker_users", "eval_users", "publish_chunk_users")
+        if any(getattr(self, name) < 1 for name in counts):
+            raise ValueError(f"{', '.join(counts)} must be >= 1")
+        if self.candidates < self.k:
+            raise ValueError(f"candidates ({self.candidates}) must be >= k ({self.k}): lists are cut from them")
+        if not 0 < self.holdout_fraction < 1 or self.replay_events < 0:
+            raise ValueError("holdout_fraction must be in (0, 1) and replay_events >= 0")
+        if self.expire_after_days is not None and self.expire_after_days <= 0:
+            raise ValueError("expire_after_days must be > 0 (or None to keep every id)")
 
 
 @dataclass(frozen=True)

@@ -45,14 +45,18 @@ def model_refresh(context: dg.AssetExecutionContext, pipeline: PipelineResource)
 
 
 def _materializations(result: RefreshResult, serving_path):
+    """Champion and recommendations materialize only when they changed: a rejected challenger leaves
+    both as they were, and the asset graph shows that. The serving copy is rewritten every refresh
+    (it carries the registry, with the rejected challenger in it)."""
     numbers = {f"gate/{key}": float(value) for key, value in result.gate.items()}
     seconds = {f"seconds/{stage}": value for stage, value in result.stage_seconds.items()}
     yield dg.MaterializeResult(asset_key="features", metadata={"events": result.events, **seconds})
     yield dg.MaterializeResult(asset_key="challenger_model", metadata={
         "model_version": result.model_version, "promoted": result.promoted, "reason": result.reason, **numbers})
-    yield dg.MaterializeResult(asset_key="champion_model", metadata={"model_version": result.champion or "none"})
-    yield dg.MaterializeResult(asset_key="recommendations", metadata={
-        "dagster/row_count": result.recommendations, "preview": dg.MetadataValue.md(_preview(serving_path))})
+    if result.recommendations:
+        yield dg.MaterializeResult(asset_key="champion_model", metadata={"model_version": result.champion or "none"})
+        yield dg.MaterializeResult(asset_key="recommendations", metadata={
+            "dagster/row_count": result.recommendations, "preview": dg.MetadataValue.md(_preview(serving_path))})
     yield dg.MaterializeResult(asset_key="serving_snapshot", metadata={"path": dg.MetadataValue.path(str(serving_path))})
 
 
