@@ -3,6 +3,7 @@
 import functools
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
@@ -75,11 +76,13 @@ def ingest(paths: Annotated[list[Path], typer.Argument(help="Event files or fold
 @app.command()
 @one_line_errors
 def status(as_json: JsonFlag = False) -> None:
-    """Counts of events, rejected rows, users, items and batches in the warehouse."""
+    """Counts of events, rejected rows, users, items and batches in the warehouse; the age of the
+    published recommendations and the last failed run."""
+    from rec_pipeline.core.operations import health
     from rec_pipeline.core.status import warehouse_status
 
     with Settings.from_env().warehouse().connect() as con:
-        counts = warehouse_status(con)
+        counts = warehouse_status(con) | health(con, datetime.now(timezone.utc))
     if as_json:
         print(json.dumps(counts))
         return

@@ -1,10 +1,13 @@
-"""Shared fixtures: a throw-away warehouse or pipeline home, the Dagster definitions, a fixed clock
-and a helper that writes input files."""
+"""Shared fixtures: a throw-away warehouse or pipeline home, the Dagster definitions, a fixed clock,
+a helper that writes input files and a local webhook endpoint."""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,24 @@ def definitions(home: Path):
     from rec_pipeline.definitions import load_definitions
 
     return load_definitions()
+
+
+@pytest.fixture
+def webhook():
+    """A local HTTP endpoint; yields (url, list of received JSON bodies)."""
+    received = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/alerts", received
+    server.shutdown()

@@ -92,6 +92,8 @@ def test_refresh_recommend_models_and_rollback(home):
     outcome = json.loads(first.stdout)
     assert isinstance(outcome["model_version"], str) and isinstance(outcome["promoted"], bool)
     assert isinstance(outcome["recommendations"], int) and "floor_ndcg" in outcome["gate"]
+    status = json.loads(invoke("status", "--json").stdout)
+    assert 0 <= status["recommendations_age_s"] < 600 and status["last_failure"] is None
 
     listed = json.loads(invoke("models", "--json").stdout)
     assert [m["version"] for m in listed] == [outcome["model_version"]]

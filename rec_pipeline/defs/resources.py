@@ -15,10 +15,13 @@ class PipelineResource(dg.ConfigurableResource):
 
     home: str
     memory_limit: str = DEFAULT_MEMORY_LIMIT
+    alert_webhook: str | None = None
+    retention_days: float = 30.0
 
     @property
     def settings(self) -> Settings:
-        return Settings(home=Path(self.home), memory_limit=self.memory_limit)
+        return Settings(home=Path(self.home), memory_limit=self.memory_limit, alert_webhook=self.alert_webhook,
+                        retention_days=self.retention_days)
 
     def warehouse(self) -> Warehouse:
         return self.settings.warehouse()
@@ -28,5 +31,7 @@ class PipelineResource(dg.ConfigurableResource):
 def resources() -> dg.Definitions:
     settings = Settings.from_env()
     return dg.Definitions(
-        resources={"pipeline": PipelineResource(home=str(settings.home), memory_limit=settings.memory_limit)}
+        resources={"pipeline": PipelineResource(home=str(settings.home), memory_limit=settings.memory_limit,
+                                                alert_webhook=settings.alert_webhook,
+                                                retention_days=settings.retention_days)}
     )

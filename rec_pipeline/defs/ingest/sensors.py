@@ -4,6 +4,7 @@ import time
 import dagster as dg
 
 from rec_pipeline.core.landing_folder import FileState, scan_landing_folder
+from rec_pipeline.defs.defaults import SENSOR_STATUS
 from rec_pipeline.defs.ingest.jobs import land_events_job
 from rec_pipeline.defs.ingest.partitions import event_batches
 from rec_pipeline.defs.resources import PipelineResource
@@ -12,7 +13,7 @@ from rec_pipeline.defs.resources import PipelineResource
 @dg.sensor(
     job=land_events_job,
     minimum_interval_seconds=5,
-    default_status=dg.DefaultSensorStatus.RUNNING,
+    default_status=SENSOR_STATUS,
     description="Turns each new, completely written file in $REC_PIPELINE_HOME/landing into a batch.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:

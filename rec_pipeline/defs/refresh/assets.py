@@ -1,6 +1,10 @@
+from datetime import timedelta
+
 import dagster as dg
 import polars as pl
 
+from rec_pipeline.config import Settings
+from rec_pipeline.defs.defaults import SETTINGS
 from rec_pipeline.core.refresh import RefreshResult, refresh
 from rec_pipeline.core.registry import ModelRegistry
 from rec_pipeline.defs.resources import WAREHOUSE_POOL, PipelineResource
@@ -14,15 +18,33 @@ REFRESH_ASSETS = {
     "swapped in atomically.",
     "serving_snapshot": "serving.duckdb, rewritten aside and renamed over: what apps and analysts read.",
 }
+SERVING = {"recommendations", "serving_snapshot"}
+
+
+# Refresh after new batches landed and passed their blocking checks, once no landing run is in
+# flight (so waiting batches coalesce into one refresh); the automation sensor's interval spaces
+# refreshes out. Not `eager()`: its "no dependency partition missing" would wait forever on the
+# partition of a file that never landed.
+AFTER_VALIDATED_BATCHES = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("after validated batches")
+
+
+def _spec(name: str, text: str, settings: Settings) -> dg.AssetSpec:
+    freshness = (dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=settings.freshness_fail_minutes),
+                                                warn_window=timedelta(minutes=settings.freshness_warn_minutes))
+                 if name == "recommendations" else None)
+    return dg.AssetSpec(name, description=text, deps=["event_batch"], group_name="online_model",
+                        kinds={"duckdb", "polars"} | ({"tensorflow", "lightgbm"} if "model" in name else set()),
+                        owners=["team:ml-platform"], tags={"layer": "serving" if name in SERVING else "model"},
+                        skippable=True, automation_condition=AFTER_VALIDATED_BATCHES, freshness_policy=freshness)
 
 
 @dg.multi_asset(
-    specs=[
-        dg.AssetSpec(name, description=text, deps=["event_batch"], group_name="online_model",
-                     kinds={"duckdb", "polars"} | ({"tensorflow", "lightgbm"} if "model" in name else set()),
-                     owners=["team:ml-platform"], skippable=True)
-        for name, text in REFRESH_ASSETS.items()
-    ],
+    specs=[_spec(name, text, SETTINGS) for name, text in REFRESH_ASSETS.items()],
     check_specs=[dg.AssetCheckSpec("evaluation_gate", asset="challenger_model",
                                    description="Challenger beats the popularity floor and is within tolerance "
                                    "of the champion on the newest events neither learnt from.")],

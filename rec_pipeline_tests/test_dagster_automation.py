@@ -1,0 +1,89 @@
+"""Automation without clicks: which evaluations request a refresh, what a failed run leaves behind,
+and the switch that turns it all off."""
+
+import json
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from rec_pipeline.core.event_files import write_events
+from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.defs.ingest.runner import land_through_dagster
+from rec_pipeline.defs.resources import PipelineResource
+
+REFRESH_KEYS = {"features", "challenger_model", "champion_model", "recommendations", "serving_snapshot"}
+
+
+@pytest.fixture
+def events() -> pl.DataFrame:
+    return Simulator(SimulatorConfig(seed=12, n_users=200, n_items=100)).events(3_000)
+
+
+def requested(result) -> set[str]:
+    return {name for name in REFRESH_KEYS | {"event_batch"} if result.get_num_requested(dg.AssetKey(name))}
+
+
+def test_a_refresh_is_requested_after_validated_batches_only(definitions, home, tmp_path, events):
+    good = [write_events(events.slice(i * 1_000, 1_000), tmp_path / f"good{i}.parquet") for i in range(2)]
+    bad = write_events(events.slice(2_000, 1_000).with_columns(user_id=pl.lit(None, pl.String)), tmp_path / "bad.parquet")
+    with dg.instance_for_test() as instance:
+        def evaluate(cursor):
+            return dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=cursor)
+
+        idle = evaluate(None)
+        assert idle.total_requested == 0, "nothing landed yet"
+        assert land_through_dagster(definitions, instance, good[0]).quality_status == "passed"
+        after_good = evaluate(idle.cursor)
+        assert requested(after_good) == REFRESH_KEYS
+        assert evaluate(after_good.cursor).total_requested == 0, "handled: not requested again"
+        assert land_through_dagster(definitions, instance, bad).quality_status == "failed"
+        after_bad = evaluate(after_good.cursor)
+        assert after_bad.total_requested == 0, "a held-back batch does not start a refresh"
+        assert land_through_dagster(definitions, instance, good[1]).quality_status == "passed"
+        assert requested(evaluate(after_bad.cursor)) == REFRESH_KEYS, "an old failed batch does not block later ones"
+
+
+def default_statuses(home, automation: str | None) -> dict[str, str]:
+    """Each sensor's and schedule's default status, as a fresh process loading the code location sees it."""
+    env = {k: v for k, v in os.environ.items() if k != "REC_PIPELINE_AUTOMATION"} | {"REC_PIPELINE_HOME": str(home)}
+    if automation is not None:
+        env["REC_PIPELINE_AUTOMATION"] = automation
+    script = ("import json; from rec_pipeline.definitions import load_definitions; "
+              "repo = load_definitions().get_repository_def(); "
+              "print(json.dumps({d.name: d.default_status.value for d in [*repo.sensor_defs, *repo.schedule_defs]}))")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_automation_runs_by_default_and_one_setting_switches_it_off(home):
+    names = {"landing_sensor", "refresh_automation", "failure_alerts", "nightly_housekeeping"}
+    on, off = default_statuses(home, None), default_statuses(home, "off")
+    assert set(on) == set(off) == names
+    assert set(on.values()) == {"RUNNING"} and set(off.values()) == {"STOPPED"}
+    with pytest.raises(subprocess.CalledProcessError):
+        default_statuses(home, "maybe")
+
+
+def test_a_failed_run_is_recorded_and_posted_to_the_webhook(definitions, home, tmp_path, webhook):
+    from rec_pipeline.defs.operations.automation import failure_alerts
+
+    url, received = webhook
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with dg.instance_for_test() as instance:
+        assert land_through_dagster(definitions, instance, broken).quality_status == "unreadable"
+        [run] = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+        [failure] = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        context = dg.build_run_status_sensor_context(
+            sensor_name="failure_alerts", dagster_event=failure.dagster_event, dagster_instance=instance,
+            dagster_run=run).for_run_failure()
+        failure_alerts(context, pipeline=PipelineResource(home=str(home), alert_webhook=url))
+    assert [(body["run_id"], body["job"]) for body in received] == [(run.run_id, "land_events_job")]
+    with Warehouse(home / "warehouse.duckdb").connect() as con:
+        recorded = con.execute("SELECT run_id, job_name, alert_status FROM run_failures").fetchall()
+    assert recorded == [(run.run_id, "land_events_job", "sent")]
