@@ -8,6 +8,7 @@ from rec_pipeline.core.event_files import write_events
 from rec_pipeline.core.gate import GateDecision
 from rec_pipeline.core.simulator import Simulator, SimulatorConfig
 from rec_pipeline.defs.ingest.runner import land_through_dagster
+from rec_pipeline.defs.resources import PipelineResource
 
 BATCH = 4_000
 
@@ -42,3 +43,19 @@ def test_a_rejected_challenger_leaves_champion_and_recommendations_unmaterialize
     [check] = second.get_asset_check_evaluations()
     assert (check.check_name, check.passed) == ("evaluation_gate", False)
     assert check.description == "Not promoted: forced"
+
+
+def test_a_refresh_with_nothing_new_succeeds_and_materializes_nothing(definitions, home):
+    with dg.instance_for_test() as instance:
+        result = run_refresh(definitions, instance)
+    assert result.success and materialized(result) == set()
+    assert result.get_asset_check_evaluations() == []
+
+
+def test_a_partial_selection_is_refused_with_the_reason(definitions, home):
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([definitions.get_assets_def("features")], selection=["features"], instance=instance,
+                                resources={"pipeline": PipelineResource(home=str(home))}, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "together" in failure.step_failure_data.error.message

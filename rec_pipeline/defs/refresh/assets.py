@@ -49,10 +49,16 @@ def _spec(name: str, text: str, settings: Settings) -> dg.AssetSpec:
                                    description="Challenger beats the popularity floor and is within tolerance "
                                    "of the champion on the newest events neither learnt from.")],
     pool=WAREHOUSE_POOL,
+    # Subsettable only so that every output is optional: a refresh with no new events materializes
+    # nothing (and evaluates no gate). A real subset is refused below: the steps share one transaction.
+    can_subset=True,
 )
 def model_refresh(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     """One micro-batch refresh: features, challenger, gate, champion, recommendations, serving copy.
     Only the champion is ever published, so a rejected challenger never reaches the recommendations."""
+    if {key.to_user_string() for key in context.selected_asset_keys} != set(REFRESH_ASSETS):
+        raise dg.Failure(f"a refresh materializes {', '.join(REFRESH_ASSETS)} together, in one transaction: "
+                         "select all of them (or run refresh_job)")
     settings = pipeline.settings
     result = refresh(pipeline.warehouse(), ModelRegistry(settings.models_dir), settings.serving_path)
     if result.events == 0:
