@@ -73,6 +73,9 @@ def test_dropped_files_become_published_recommendations_without_a_click(dev):
                          PIPELINE_S)
     assert published <= users, "every published user comes from the dropped events"
     assert not list((dev.pipeline_home / "landing").iterdir()), "landed files are archived"
+    with instance(dev) as inst:  # two landing runs and a refresh, queued on the one-slot pool
+        statuses = [run.status for run in inst.get_runs() if run.is_finished]
+    assert len(statuses) >= 3 and set(statuses) == {dg.DagsterRunStatus.SUCCESS}, statuses
 
 
 def test_the_refresh_job_launched_through_graphql_succeeds(dev):

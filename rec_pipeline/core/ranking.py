@@ -34,8 +34,9 @@ Threads
     ``num_threads`` (training) defaults to 1: on the 2-vCPU host with another busy process, 2
     OpenMP threads made a 0.4 s fit take 4-43 s (threads spin-waiting at each iteration's
     barriers); 1 thread was steady. ``predict_threads`` (scoring, explanations) defaults to all
-    cores: a prediction is one parallel region, and 2 threads took 1M rows from 6.1-7.0 s to
-    3.2-3.9 s right after a Keras fit in the same process.
+    cores: a prediction is one parallel region, and 2 threads scored 1M rows 1.86x faster (median
+    3.24 s against 6.04 s) right after a Keras fit in the same process
+    (``benchmarks/scoring_threads.py``).
 
 Explanations
     :meth:`Ranker.explain` gives one short reason per row: features' contributions are summed per
@@ -141,8 +142,8 @@ class RankerConfig:
     # 1: in a process that has imported TensorFlow, LightGBM's OpenMP threads spin against its pool
     # (30 trees: 37 s on 2 threads, 0.7 s on 1, measured in a refresh); 0 = all cores.
     num_threads: int = 1
-    # Scoring is one parallel region per call, with no per-iteration barriers to spin on: 2 threads
-    # scored 1M rows in 3.2-3.9 s against 6.1-7.0 s on 1, right after a Keras fit (same process).
+    # Scoring is one parallel region per call, with no per-iteration barriers to spin on: 0 (all
+    # cores) scored 1.86x faster than 1 thread next to TensorFlow (benchmarks/scoring_threads.py).
     predict_threads: int = 0
     features: tuple[str, ...] = RANKING_FEATURES
 

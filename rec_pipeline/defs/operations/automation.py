@@ -51,4 +51,3 @@ def housekeeping_job():
 
 nightly_housekeeping = dg.ScheduleDefinition(name="nightly_housekeeping", job=housekeeping_job,
                                              cron_schedule="17 3 * * *", default_status=SCHEDULE_STATUS)
-
