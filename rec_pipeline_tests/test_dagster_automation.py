@@ -87,3 +87,13 @@ def test_a_failed_run_is_recorded_and_posted_to_the_webhook(definitions, home, t
     with Warehouse(home / "warehouse.duckdb").connect() as con:
         recorded = con.execute("SELECT run_id, job_name, alert_status FROM run_failures").fetchall()
     assert recorded == [(run.run_id, "land_events_job", "sent")]
+
+
+def test_recommendations_carry_the_freshness_policy_and_every_asset_its_kinds(definitions):
+    graph = definitions.get_repository_def().asset_graph
+    policy = graph.get(dg.AssetKey("recommendations")).freshness_policy
+    assert (policy.warn_window.to_timedelta().total_seconds(), policy.fail_window.to_timedelta().total_seconds()) \
+        == (30 * 60, 120 * 60)
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.kinds and node.owners and node.description, key
