@@ -153,6 +153,51 @@ def movielens(
 
 @app.command()
 @one_line_errors
+def replay(
+    data: Annotated[Path, typer.Option(help="An event file, or a MovieLens folder in any supported layout.")],
+    batches: Annotated[int, typer.Option(min=1)] = 20,
+    warmup: Annotated[float, typer.Option(min=0.01, max=0.99, help="Share of events used as history.")] = 0.5,
+    k: Annotated[int, typer.Option("-k", min=1)] = 10,
+    policies: Annotated[str, typer.Option(help="Comma-separated, from: online, static, full_retrain, "
+                                                "popularity, recent_popularity.")] = "online,static,full_retrain,"
+                                                                                    "popularity,recent_popularity",
+    out: Annotated[Path | None, typer.Option(help="Write per_batch.csv, ndcg.png and results.md here.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Replay a historical log through the online loop, test-then-train, against the baselines, on
+    identical batches (DESIGN.md's protocol), in temporary homes."""
+    import tempfile
+
+    from rec_pipeline.core.replay import ReplayConfig, load_log, write_report
+    from rec_pipeline.core.replay import replay as run_replay
+
+    if not data.exists():
+        raise UsageError(f"{data} does not exist")
+    config = ReplayConfig(batches=batches, warmup=warmup, k=k, policies=tuple(p.strip() for p in policies.split(",")))
+
+    def progress(number: int, ndcg: dict) -> None:
+        if not as_json:
+            scores = ", ".join(f"{name} {value:.4f}" for name, value in ndcg.items())
+            print(f"batch {number:>3}/{batches}: NDCG@{k} {scores}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="rec_pipeline_replay_") as workdir:
+        events, items = load_log(data, Path(workdir))
+        result = run_replay(events, items, Path(workdir), config, progress)
+    if out is not None:
+        write_report(result, out)
+    summary = {key: result[key] for key in ("events", "batches", "policies")}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    table = Table("policy", f"Recall@{k}", f"NDCG@{k}", "coverage", "train s", title=f"replay of {data}")
+    for name, metrics in result["policies"].items():
+        table.add_row(name, *(f"{metrics[key]:.4f}" for key in (f"recall@{k}", f"ndcg@{k}", "coverage")),
+                      f"{metrics['train_seconds']:.1f}")
+    Console().print(table)
+
+
+@app.command()
+@one_line_errors
 def refresh(as_json: JsonFlag = False) -> None:
     """One micro-batch refresh (features, challenger, gate, champion, recommendations), in-process
     through the refresh job."""

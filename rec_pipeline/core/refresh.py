@@ -57,6 +57,9 @@ class RefreshConfig:
     # Users and items with no event for this long (before the newest trained event) lose their
     # embedding rows: the tables stop growing with everyone ever seen. None keeps every id.
     expire_after_days: float | None = 90.0
+    # True: every refresh trains both models from scratch, retrieval on all history (the replay's
+    # full-retrain baseline); False: warm start from the champion (the online loop).
+    from_scratch: bool = False
 
     def __post_init__(self) -> None:
         counts = ("k", "eval_k", "candidates", "ranker_users", "eval_users", "publish_chunk_users")
@@ -153,13 +156,18 @@ def _train_challenger(con, champion: Recommender | None, train: pl.DataFrame, co
     with stages("retrieval"):
         if champion is None:
             retrieval = RetrievalModel.fit(interactions, config.retrieval)
+        elif config.from_scratch:
+            history = pl.concat([_recent_history(con, None), train])
+            retrieval = RetrievalModel.fit(interactions_from_events(history, config.retrieval.event_weights),
+                                           config.retrieval)
         else:
             replay = interactions_from_events(_recent_history(con, config.replay_events), config.retrieval.event_weights)
             retrieval = champion.retrieval.warm_start_fit(interactions, replay, config.retrieval)
     with stages("ranker"):
         # Before the features take in `train`: the ranker learns what users do next from what was known.
         source = champion.retrieval if champion is not None else retrieval
-        ranker = _train_ranker(con, source, champion.ranker if champion else None, train, config)
+        base = None if champion is None or config.from_scratch else champion.ranker
+        ranker = _train_ranker(con, source, base, train, config)
     with stages("features"):
         update_features(con, train, config.features)
     if config.expire_after_days is not None:  # after the features took in `train`: returning ids are fresh
@@ -173,7 +181,8 @@ def _expire_inactive(con: duckdb.DuckDBPyConnection, retrieval: RetrievalModel, 
     return retrieval.expire(before, users, items)
 
 
-def _recent_history(con: duckdb.DuckDBPyConnection, limit: int) -> pl.DataFrame:
+def _recent_history(con: duckdb.DuckDBPyConnection, limit: int | None) -> pl.DataFrame:
+    """The newest `limit` consumed events (all of them when None)."""
     return con.sql(
         "SELECT * EXCLUDE (source_row) FROM events_validated SEMI JOIN refresh_batches USING (batch_id)"
         " ORDER BY ts DESC LIMIT $limit", params={"limit": limit}
