@@ -159,8 +159,8 @@ def replay(
     warmup: Annotated[float, typer.Option(min=0.01, max=0.99, help="Share of events used as history.")] = 0.5,
     k: Annotated[int, typer.Option("-k", min=1)] = 10,
     policies: Annotated[str, typer.Option(help="Comma-separated, from: online, static, full_retrain, "
-                                                "popularity, recent_popularity.")] = "online,static,full_retrain,"
-                                                                                    "popularity,recent_popularity",
+                                                "popularity, recent_popularity, ials.")] = "online,static,full_retrain,"
+                                                                                    "popularity,recent_popularity,ials",
     out: Annotated[Path | None, typer.Option(help="Write per_batch.csv, ndcg.png and results.md here.")] = None,
     as_json: JsonFlag = False,
 ) -> None:

@@ -96,6 +96,21 @@ def test_the_cli_prints_json_and_writes_the_report(events, tmp_path):
     assert pl.read_csv(out / "per_batch.csv").height == 8
 
 
+def test_ials_ranks_known_users_and_falls_back_to_popularity_for_new_ones(events, tmp_path):
+    history = events.head(4_000)
+    newcomer = "u-never-seen"
+    users = history["user_id"].unique().sort().head(20).to_list() + [newcomer]
+    fallback = pl.DataFrame({"user_id": [newcomer] * 3, "item_id": ["p1", "p2", "p3"], "score": [3.0, 2.0, 1.0],
+                             "rank": pl.Series([1, 2, 3], dtype=pl.Int32)})
+    seconds = []
+    lists = replay_module.ials_lists(history, users, 10, fallback, seconds)
+    assert len(seconds) == 1 and seconds[0] > 0
+    assert lists.filter(pl.col("user_id") == newcomer)["item_id"].to_list() == ["p1", "p2", "p3"]
+    known = lists.filter(pl.col("user_id") != newcomer)
+    assert known["user_id"].n_unique() == 20 and known.group_by("user_id").len()["len"].max() == 10
+    assert known.join(history, on=["user_id", "item_id"], how="semi").is_empty(), "touched items filtered"
+
+
 def test_an_unknown_policy_is_refused_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["replay", "--data", str(tmp_path), "--policies", "popularity,magic"])
     assert result.exit_code == 1 and "magic" in result.output
