@@ -162,18 +162,25 @@ def replay(
                                                 "popularity, recent_popularity, ials.")] = "online,static,full_retrain,"
                                                                                     "popularity,recent_popularity,ials",
     out: Annotated[Path | None, typer.Option(help="Write per_batch.csv, ndcg.png and results.md here.")] = None,
+    ungated: Annotated[bool, typer.Option(help="Diagnostic: no popularity floor and a 99% tolerance, so nearly "
+                                               "every challenger is promoted (what the models learn, gate aside).")]
+    = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Replay a historical log through the online loop, test-then-train, against the baselines, on
     identical batches (DESIGN.md's protocol), in temporary homes."""
     import tempfile
 
+    from rec_pipeline.core.gate import GatePolicy
+    from rec_pipeline.core.refresh import RefreshConfig
     from rec_pipeline.core.replay import ReplayConfig, load_log, write_report
     from rec_pipeline.core.replay import replay as run_replay
 
     if not data.exists():
         raise UsageError(f"{data} does not exist")
-    config = ReplayConfig(batches=batches, warmup=warmup, k=k, policies=tuple(p.strip() for p in policies.split(",")))
+    gate = GatePolicy(tolerance=0.99, require_above_floor=False, min_users=1) if ungated else GatePolicy()
+    config = ReplayConfig(batches=batches, warmup=warmup, k=k, policies=tuple(p.strip() for p in policies.split(",")),
+                          refresh=RefreshConfig(gate=gate))
 
     def progress(number: int, ndcg: dict) -> None:
         if not as_json:

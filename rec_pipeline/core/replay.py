@@ -119,8 +119,9 @@ class _Home:
             row = self.registry.champion(con)
             return Recommender.load(self.registry.verified_artifact(con, row.version)) if row else None
 
-    def lists(self, model: Recommender | None, users: list[str], seen: pl.DataFrame, at, fallback: pl.DataFrame,
-              ) -> pl.DataFrame:
+    def lists(self, model: Recommender | None, users: list[str], seen: pl.DataFrame, at,
+              fallback: pl.DataFrame) -> pl.DataFrame:
+        """`model`'s lists for `users` on this home's features; `fallback` without a model."""
         if model is None:
             return fallback
         with self.settings.warehouse().connect() as con:
@@ -146,7 +147,7 @@ def replay(events: pl.DataFrame, items: pl.DataFrame | None, workdir: Path, conf
         history, previous = pl.concat([history, batch]), batch
         if progress:
             progress(number, {r["policy"]: r["ndcg"] for r in row})
-    # Popularity baselines learn nothing ahead: they count at ranking time (included in no figure).
+    # The popularity baselines fit nothing ahead of a batch: their counting is part of ranking.
     seconds = {"online": learn_seconds.get("online"), "static": warmup_seconds.get("online"),
                "full_retrain": learn_seconds.get("full_retrain"), "popularity": 0.0, "recent_popularity": 0.0,
                "ials": sum(ials_seconds)}
@@ -206,9 +207,9 @@ def ials_lists(history: pl.DataFrame, users: list[str], k: int, fallback: pl.Dat
              .join(item_ids.to_frame().with_row_index("i"), on="item_id"))
     matrix = csr_matrix(((1 + pairs["len"]).cast(pl.Float32).to_numpy(), (pairs["u"].to_numpy(), pairs["i"].to_numpy())),
                         shape=(len(user_ids), len(item_ids)))
-    model = AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15, random_state=0)
     start = time.perf_counter()
     with threadpool_limits(1, "blas"):  # implicit parallelises itself; a BLAS pool under it thrashes
+        model = AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15, random_state=0)
         model.fit(matrix, show_progress=False)
     seconds.append(time.perf_counter() - start)
     row = {user: i for i, user in enumerate(user_ids.to_list())}
