@@ -94,12 +94,13 @@ def step(home, registry, simulator, events, batch: int, frozen, config) -> dict:
 
 
 def land_passed(home, events, batch: int):
+    """Land one batch with `land_trusted` (marked passed); returns it as the warehouse holds it."""
     from rec_pipeline.core.event_files import write_events
-    from rec_pipeline.core.landing import land_file
+    from rec_pipeline.core.landing import land_trusted
 
-    report = land_file(home.warehouse(), write_events(events, home.imports_dir / f"batch-{batch:03d}.parquet"))
+    path = write_events(events, home.imports_dir / f"batch-{batch:03d}.parquet")
+    report = land_trusted(home.warehouse(), path, events.height)
     with home.warehouse().connect() as con:
-        con.execute("UPDATE ingested_files SET quality_status = 'passed' WHERE batch_id = ?", [report.batch_id])
         return con.sql("SELECT * EXCLUDE (source_row) FROM events_validated WHERE batch_id = ?",
                        params=[report.batch_id]).pl()
 

@@ -2,8 +2,8 @@
 
 For each history size, a child process prepares (once, cached in the work folder) a home whose
 warehouse holds the simulated history (`--users`, default 50k, and 10k items), landed with `land_file` in 1M-event
-Parquet files and marked `passed` (the quality suite is the Dagster asset's job, not measured
-here). A copy of that warehouse then goes through three steps, each in a fresh child process (as a
+Parquet files with `land_trusted`, which marks them `passed` (the quality suite is the Dagster
+asset's job, not measured here). A copy of that warehouse then goes through three steps, each in a fresh child process (as a
 refresh run is), each reporting its wall time and its own peak RSS:
 
 1. initial: the refresh from scratch (it trains on the whole history). When the gate rejects its
@@ -70,29 +70,20 @@ def settings(home: Path):
     return Settings(home=home)
 
 
-def land_passed(warehouse, path: Path, rows: int) -> None:
-    """Land one file; every row must land; its batch is marked as passing the quality suite."""
-    from rec_pipeline.core.landing import land_file
-
-    report = land_file(warehouse, path)
-    if report.status != "landed" or report.landed != rows:
-        sys.exit(f"landed {report.landed} of {rows} events from {path.name}: {report.as_dict()}")
-    with warehouse.connect() as con:
-        con.execute("UPDATE ingested_files SET quality_status = 'passed' WHERE batch_id = ?", [report.batch_id])
-
-
 # --- child 1: the cached home with the history landed -----------------------------------------
 
 
 def prepare(template: Path, history: int, new: int, users: int) -> dict:
     """Generate history + new events, land the history; `template/ready` marks a complete home."""
+    from rec_pipeline.core.landing import land_trusted
+
     start = time.perf_counter()
     home = settings(template)
     home.ensure_dirs()
     files = write_files(home.imports_dir, history, new, users)
     generated = time.perf_counter()
     for path, rows in files:
-        land_passed(home.warehouse(), path, rows)
+        land_trusted(home.warehouse(), path, rows)
     (template / "ready").write_text(json.dumps({"history": history, "new": new}))
     return {"generate_s": generated - start, "land_s": time.perf_counter() - generated,
             "peak_rss_mib": peak_rss_mib()}
@@ -126,6 +117,7 @@ def new_file(template: Path) -> Path:
 
 def run_step(step: str, template: Path, home_dir: Path, new: int, version: str | None) -> dict:
     """Imports first (timed apart), then the step; peak RSS covers the imports and this step only."""
+    from rec_pipeline.core.landing import land_trusted
     from rec_pipeline.core.recommender import Recommender
     from rec_pipeline.core.registry import ModelRegistry
 
@@ -135,7 +127,7 @@ def run_step(step: str, template: Path, home_dir: Path, new: int, version: str |
     if step == "initial":
         result = timed_refresh(home, registry) | ensure_champion(home, registry)
     elif step == "refresh":
-        land_passed(home.warehouse(), new_file(template), new)
+        land_trusted(home.warehouse(), new_file(template), new)
         result = timed_refresh(home, registry)
     else:
         result = timed_publish(home, registry, version)

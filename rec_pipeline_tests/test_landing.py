@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from rec_pipeline.core import sources
 from rec_pipeline.core.contract import EventContract
-from rec_pipeline.core.landing import LandingReport, land_file
+from rec_pipeline.core.landing import LandingReport, land_file, land_trusted
 from rec_pipeline.core.warehouse import Warehouse
 
 UTC = timezone.utc
@@ -1010,3 +1010,14 @@ def test_boolean_ids_are_rejected_naming_the_field(warehouse, land, write_file):
     rows = [event("e1", user_id=True), event("e2", item_id=False), event("e3")]
     batch = check(warehouse, land(write_file("bools.jsonl", jsonl(*rows))), read=3, landed=1, rejected=2)
     assert sorted(r["reason"].rsplit(": ", 1)[-1] for r in batch.rejected) == ["item_id", "user_id"]
+
+
+def test_land_trusted_marks_a_whole_batch_passed_and_refuses_a_partial_one(warehouse, write_file):
+    whole = land_trusted(warehouse, write_file("good.jsonl", _many_jsonl_lines(5)), 5)
+    partial = write_file("partial.jsonl", _many_jsonl_lines(4, prefix="p") + '{"event_id": "bad", "user_id": null}\n')
+    with pytest.raises(RuntimeError, match="landed 4 of 5"):
+        land_trusted(warehouse, partial, 5)
+    with warehouse.connect() as con:
+        statuses = dict(con.execute("SELECT batch_id, quality_status FROM ingested_files").fetchall())
+    assert statuses.pop(whole.batch_id) == "passed"
+    assert list(statuses.values()) == ["pending"], "a batch that did not land whole is left to validation"

@@ -12,7 +12,7 @@ from polars.testing import assert_frame_equal
 from rec_pipeline.config import Settings
 from rec_pipeline.core.catalogue import upsert_items
 from rec_pipeline.core.event_files import write_events
-from rec_pipeline.core.landing import land_file
+from rec_pipeline.core.landing import land_trusted
 from rec_pipeline.core.ranking import RankerConfig
 from rec_pipeline.core.recommender import Recommender
 from rec_pipeline.core.refresh import RefreshConfig, refresh, rollback
@@ -38,9 +38,7 @@ def loop(tmp_path_factory):
 
 def land_batch(settings, events, index):
     path = write_events(events.slice(index * BATCH, BATCH), settings.imports_dir / f"batch{index}.parquet")
-    report = land_file(settings.warehouse(), path)
-    with settings.warehouse().connect() as con:  # validation is the landing job's; here it is given
-        con.execute("UPDATE ingested_files SET quality_status = 'passed' WHERE batch_id = ?", [report.batch_id])
+    land_trusted(settings.warehouse(), path, BATCH)  # validation is the landing job's; here it is given
 
 
 def run(settings, registry):
@@ -154,10 +152,7 @@ def test_a_batch_too_small_to_judge_is_consumed_without_promotion(tmp_path):
     settings = Settings(home=tmp_path / "home")
     settings.ensure_dirs()
     events = Simulator(SimulatorConfig(seed=6, n_users=50, n_items=40)).events(3)
-    path = write_events(events, settings.imports_dir / "tiny.parquet")
-    report = land_file(settings.warehouse(), path)
-    with settings.warehouse().connect() as con:
-        con.execute("UPDATE ingested_files SET quality_status = 'passed' WHERE batch_id = ?", [report.batch_id])
+    land_trusted(settings.warehouse(), write_events(events, settings.imports_dir / "tiny.parquet"), 3)
     result = run(settings, ModelRegistry(settings.models_dir))
     assert (result.events, result.promoted) == (3, False) and result.reason.startswith("Not promoted")
     assert run(settings, ModelRegistry(settings.models_dir)).events == 0, "consumed"
