@@ -246,13 +246,18 @@ def recommend(
     as_json: JsonFlag = False,
 ) -> None:
     """A user's recommendations, read from serving.duckdb (never blocked by a running pipeline);
-    an unknown user gets the trending list, marked as the fallback."""
+    an unknown user gets the trending list, marked as the fallback. Takes the raw id also when user
+    ids are pseudonymized (it is hashed with the same key)."""
+    from rec_pipeline.core.pseudonymization import Pseudonymizer
+
     settings = Settings.from_env()
     if not settings.serving_path.exists():
         raise UsageError(f"nothing published yet at {settings.serving_path}: run `rec-pipeline refresh`")
+    pseudonymizer = Pseudonymizer.from_env()
+    stored_id = pseudonymizer(user_id) if pseudonymizer else user_id
     with duckdb.connect(str(settings.serving_path), read_only=True) as con:
         rows = con.execute("SELECT item_id, rank, score, model_version, reason FROM recommendations_for(?)"
-                           " WHERE rank <= ?", [user_id, k]).fetchall()
+                           " WHERE rank <= ?", [stored_id, k]).fetchall()
         fallback = not rows
         if fallback:
             rows = con.execute("SELECT item_id, rank, score, 'fallback', 'trending now' FROM trending_items"
@@ -299,6 +304,27 @@ def rollback(version: str) -> None:
     settings = Settings.from_env()
     published = rollback_to(settings.warehouse(), ModelRegistry(settings.models_dir), settings.serving_path, version)
     console.print(f"{version} is the champion; {published} recommendations published")
+
+
+@app.command()
+@one_line_errors
+def forget(user_id: str, as_json: JsonFlag = False) -> None:
+    """Remove a user from everything the pipeline holds (events, rejected rows, features, embedding
+    rows in every model, recommendations, check metadata), republish, and audit it without the id."""
+    from rec_pipeline.core.forgetting import forget as forget_user
+    from rec_pipeline.core.pseudonymization import Pseudonymizer
+    from rec_pipeline.core.registry import ModelRegistry
+
+    settings = Settings.from_env()
+    report = forget_user(settings.warehouse(), ModelRegistry(settings.models_dir), settings.serving_path, user_id,
+                         Pseudonymizer.from_env()).as_dict()
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table("removed from", "rows", title=f"forgotten (audit request {report.pop('request_id')})")
+    for place, count in report.items():
+        table.add_row(place.replace("_", " "), str(count))
+    console.print(table)
 
 
 @app.command()

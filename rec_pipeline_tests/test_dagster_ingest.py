@@ -2,6 +2,7 @@
 complete files and refuses what it must not read."""
 
 import json
+import re
 import os
 import time
 from pathlib import Path
@@ -201,3 +202,24 @@ def test_a_crash_after_landing_is_retried_and_the_batch_validated(definitions, h
     assert result.success and not path.exists(), "archived after the retry validated it"
     with Warehouse(home / "warehouse.duckdb").connect() as con:
         assert con.execute("SELECT quality_status FROM ingested_files").fetchall() == [("passed",)]
+
+
+def test_with_a_key_no_raw_user_id_reaches_the_warehouse_or_dagsters_event_log(definitions, home, tmp_path,
+                                                                                monkeypatch):
+    from rec_pipeline.core.pseudonymization import KEY_ENV, Pseudonymizer
+
+    monkeypatch.setenv(KEY_ENV, "a-test-key-that-is-long-enough-32b")
+    rows = [row | {"user_id": f"person-{i % 7}@example.com"} for i, row in enumerate(good_rows(50))]
+    path = write_jsonl(tmp_path / "people.jsonl", rows + [{"user_id": "person-9@example.com", "item_id": "x"}])
+    with dg.instance_for_test() as instance:
+        run = land_through_dagster(definitions, instance, path)
+        assert (run.report.landed, run.report.rejected) == (50, 1)
+        run_id = instance.get_runs(limit=1)[0].run_id
+        logged = " ".join(dg.serialize_value(record) for record in instance.all_logs(run_id))
+    leaks = [m.start() for m in re.finditer("example.com", logged)]
+    assert not leaks, [logged[max(0, i - 300):i + 50] for i in leaks[:2]]
+    assert "| user_id" in logged, "the log does show user ids: the preview of the landed rows"
+    with Warehouse(home / "warehouse.duckdb").connect() as con:
+        stored = " ".join(str(row) for table in ("events", "events_rejected", "batch_checks")
+                          for row in con.execute(f"SELECT * FROM {table}").fetchall())
+    assert "example.com" not in stored and Pseudonymizer.from_env()("person-1@example.com") in stored

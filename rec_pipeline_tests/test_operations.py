@@ -52,11 +52,16 @@ def test_housekeeping_prunes_only_old_archives_and_unused_artifacts(warehouse, t
             (folder / "weights.npz").write_bytes(b"w" * 50)
             registry.register(con, version, "retrieval+ranker", None, (None, None), {}, NOW - timedelta(days=age))
             con.execute("UPDATE model_registry SET status = ? WHERE version = ?", [status, version])
+        for orphan, age in ((".staging-m-crashed", 40), ("m-crashed-before-its-row", 40), (".staging-m-now", 0)):
+            (registry.models_dir / orphan).mkdir()
+            (registry.models_dir / orphan / "weights.npz").write_bytes(b"w" * 10)
+            os.utime(registry.models_dir / orphan, ((NOW - timedelta(days=age)).timestamp(),) * 2)
         report = housekeeping(con, archive, registry, timedelta(days=30), NOW)
         logged = con.execute("SELECT archived_files_removed, artifacts_removed, bytes_freed FROM housekeeping_runs").fetchall()
         versions = con.execute("SELECT count(*) FROM model_registry").fetchall()[0][0]
-    assert (report.archived_files_removed, report.artifacts_removed, report.bytes_freed) == (1, 1, 150)
-    assert logged == [(1, 1, 150)]
+    assert (report.archived_files_removed, report.artifacts_removed, report.bytes_freed) == (1, 3, 170)
+    assert logged == [(1, 3, 170)]
+    assert sorted(p.name for p in registry.models_dir.iterdir()) == [".staging-m-now", "m-new-retired", "m-old-champion"]
     assert not old_file.exists() and new_file.exists()
     assert not registry.artifact_dir("m-old-rejected").exists()
     assert registry.artifact_dir("m-old-champion").exists() and registry.artifact_dir("m-new-retired").exists()

@@ -14,7 +14,8 @@ from rec_pipeline.core.catalogue import upsert_items
 from rec_pipeline.core.event_files import write_events
 from rec_pipeline.core.landing import land_trusted
 from rec_pipeline.core.ranking import RankerConfig
-from rec_pipeline.core.recommender import Recommender
+from rec_pipeline.core.evaluation import seen_items
+from rec_pipeline.core.recommender import Recommender, popular_items
 from rec_pipeline.core.refresh import RefreshConfig, refresh, rollback
 from rec_pipeline.core.registry import ModelRegistry
 from rec_pipeline.core.simulator import Simulator, SimulatorConfig
@@ -126,6 +127,59 @@ def test_a_worse_challenger_is_rejected_and_the_published_table_is_unchanged(loo
     assert table_after.equals(table_before), "the published table is unchanged"
 
 
+def test_candidates_add_popular_items_the_user_has_not_touched(loop):
+    settings, registry, _ = loop
+    with settings.warehouse().connect() as con:
+        model = Recommender.load(registry.verified_artifact(con, registry.champion(con).version))
+        users = model.retrieval.user_ids[:5].tolist() + ["nobody"]
+        seen = seen_items(con, users)
+        popular = popular_items(con, NOW, CONFIG.features, 30)["item_id"].to_list()
+        both = model.candidates(users, 10, seen, popular)
+    retrieved = both.filter(pl.col("retrieval_rank").is_not_null())
+    assert_frame_equal(retrieved, model.candidates(users, 10, seen))
+    assert both.select("user_id", "item_id").is_unique().all()
+    assert both.join(seen, on=["user_id", "item_id"]).is_empty(), "nothing the user touched"
+    assert "nobody" not in both["user_id"], "retrieval does not know them: the fallback list serves them"
+    for user in users[:5]:
+        mine = both.filter(pl.col("user_id") == user)
+        touched = set(seen.filter(pl.col("user_id") == user)["item_id"])
+        assert set(mine["item_id"]) == set(retrieved.filter(pl.col("user_id") == user)["item_id"]) | (
+            set(popular) - touched)
+    added = both.filter(pl.col("retrieval_rank").is_null())
+    assert added.height and added["retrieval_score"].is_not_null().all()
+
+
+def test_rankers_learn_only_events_their_features_and_retrieval_had_not_seen(tmp_path, monkeypatch):
+    import rec_pipeline.core.refresh as refresh_module
+
+    settings = Settings(home=tmp_path / "home")
+    settings.ensure_dirs()
+    registry = ModelRegistry(settings.models_dir)
+    seen_by_ranker = []
+    train_ranker = refresh_module._train_ranker
+
+    def spy(con, retrieval, base, train, config):
+        known_until = con.execute("SELECT max(last_ts) FROM user_activity").fetchall()[0][0]
+        seen_by_ranker.append((known_until, train["ts"].min(), set(retrieval.user_ids.tolist()), set(train["user_id"])))
+        return train_ranker(con, retrieval, base, train, config)
+
+    monkeypatch.setattr(refresh_module, "_train_ranker", spy)
+    events = Simulator(SimulatorConfig(seed=8, n_users=800, n_items=200)).events(2 * BATCH)
+    land_batch(settings, events, 0)
+    first = run(settings, registry)
+    assert seen_by_ranker == [], "no champion: nothing honest to label, so no ranker"
+    with settings.warehouse().connect() as con:
+        assert Recommender.load(registry.verified_artifact(con, first.model_version)).ranker is None
+    land_batch(settings, events, 1)
+    second = run(settings, registry)
+    (known_until, labels_from, learnt, labelled_users), = seen_by_ranker
+    assert known_until <= labels_from, "the features had taken in no event the ranker is labelled with"
+    first_seen_in_labels = labelled_users - set(events.filter(pl.col("ts") < labels_from)["user_id"])
+    assert first_seen_in_labels and not first_seen_in_labels & learnt, "retrieval had not learnt the labels"
+    with settings.warehouse().connect() as con:
+        assert Recommender.load(registry.verified_artifact(con, second.model_version)).ranker is not None
+
+
 def test_a_refresh_that_fails_part_way_changes_nothing(tmp_path, monkeypatch):
     """Features are updated early in a refresh; a later failure must roll them back with the rest."""
     from rec_pipeline.core import refresh as refresh_module
@@ -179,7 +233,8 @@ def test_idle_users_and_items_lose_their_embedding_rows(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [{"k": 0}, {"candidates": 10, "k": 20}, {"holdout_fraction": 1.0},
-                                 {"publish_chunk_users": 0}, {"expire_after_days": 0}])
+                                 {"publish_chunk_users": 0}, {"expire_after_days": 0},
+                                 {"popular_candidates": -1}])
 def test_a_bad_refresh_config_is_refused(bad):
     with pytest.raises(ValueError):
         RefreshConfig(**bad)

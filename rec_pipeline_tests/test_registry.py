@@ -76,3 +76,22 @@ def test_unknown_versions_are_a_clear_error(warehouse, registry):
 def test_new_versions_are_unique_and_sortable():
     versions = [new_version() for _ in range(20)]
     assert len(set(versions)) == 20 and all(v.startswith("m-") for v in versions)
+
+
+def test_an_artifact_appears_whole_or_not_at_all(registry):
+    def crash_half_way(folder):
+        folder.mkdir(parents=True)
+        (folder / "weights.npz").write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        registry.write_artifact("m-1", crash_half_way)
+    assert not registry.artifact_dir("m-1").exists(), "no partial folder where a registry row would point"
+
+    def save(folder):
+        folder.mkdir(parents=True)
+        (folder / "weights.npz").write_bytes(b"whole")
+
+    assert registry.write_artifact("m-1", save) == registry.artifact_dir("m-1")
+    assert (registry.artifact_dir("m-1") / "weights.npz").read_bytes() == b"whole"
+    assert [p.name for p in registry.models_dir.iterdir()] == ["m-1"], "the leftover staging folder was replaced"

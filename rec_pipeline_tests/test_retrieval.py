@@ -199,6 +199,14 @@ def test_top_n_matches_scores_and_never_returns_excluded(model, data) -> None:
     assert not any((u, i) in train_pairs for u, row in zip(model.user_ids, ids_all) for i in row)
 
 
+def test_pair_scores_match_the_score_matrix_and_are_nan_for_unknown_ids(model) -> None:
+    users, items = ["u0", "u3", "nobody", "u3"], [model.item_ids[5], model.item_ids[0], model.item_ids[0], "no_item"]
+    pairs = model.pair_scores(users, items)
+    full = model.score(["u0", "u3"])
+    assert np.allclose(pairs[:2], [full[0][5], full[1][0]], rtol=1e-6, atol=1e-6)
+    assert np.isnan(pairs[2:]).all()
+
+
 def test_save_load_round_trips_scores_exactly(model, tmp_path) -> None:
     paths = model.save(tmp_path / "a")
     assert sorted(p.name for p in paths) == ["config.json", "vocab.json", "weights.npz"]

@@ -287,6 +287,39 @@ def _merge_times() -> list[pl.Expr]:
     ]
 
 
+def _item_aggregates(ev: pl.DataFrame, config: FeatureConfig, times: list[pl.Expr]) -> pl.DataFrame:
+    """Per item of prepared events: new_<label> (log popularity per half-life) and `times`."""
+    pop_terms = []
+    for label, h in zip(config.popularity_labels, config.popularity_half_lives):
+        lw = pl.col("lw") if config.popularity_weighted else pl.lit(0.0)
+        pop_terms.append((lw + LN2 * pl.col("t_us") / (h // timedelta(microseconds=1))).alias(f"p_{label}"))
+    return ev.with_columns(pop_terms).group_by("item_id").agg(
+        *[_lse_agg(f"p_{label}").alias(f"new_{label}") for label in config.popularity_labels], *times)
+
+
+def forget_users(con: duckdb.DuckDBPyConnection, user_ids: list[str], items: list[str],
+                 remaining_events: pl.DataFrame, config: FeatureConfig | None = None) -> int:
+    """Remove `user_ids` from the feature state: their own rows go, and the popularity rows of
+    `items` (what they touched) are rebuilt from `remaining_events`, every merged event of those
+    items without theirs (a decayed sum cannot be un-merged exactly). Returns the rows removed."""
+    config = config or FeatureConfig()
+    users = pl.DataFrame({"user_id": user_ids}, schema={"user_id": pl.String})
+    touched = pl.DataFrame({"item_id": items}, schema={"item_id": pl.String})
+    ev, _ = _prepare(remaining_events, config)
+    times = [pl.len().alias("n_events"), pl.col("ts").min().alias("first_ts"), pl.col("ts").max().alias("last_ts"),
+             pl.col("user_id").n_unique().alias("n_users")]
+    rebuilt = _item_aggregates(ev, config, times).rename(
+        {f"new_{lb}": f"log_pop_{lb}" for lb in config.popularity_labels})
+    removed = 0
+    with transaction(con), _registered(con, users) as u, _registered(con, touched) as t:
+        for table in ("user_item_strength", "user_activity", "user_category_affinity"):
+            removed += _run(con, f"DELETE FROM {table} WHERE user_id IN (SELECT user_id FROM {u})")[0][0]
+        _run(con, f"DELETE FROM item_popularity WHERE item_id IN (SELECT item_id FROM {t})")
+        if not rebuilt.is_empty():
+            _write(con, "item_popularity", ["item_id"], rebuilt)
+    return removed
+
+
 def update_features(
     con: duckdb.DuckDBPyConnection, new_events: pl.DataFrame, config: FeatureConfig | None = None
 ) -> FeatureUpdate:
@@ -305,12 +338,7 @@ def update_features(
         _lse_agg("term").alias("log_new"), *times,
         pl.col("event_type").sort_by("ts", "event_type").last().alias("last_type_new"),
     )
-    pop_terms = []
-    for label, h in zip(config.popularity_labels, config.popularity_half_lives):
-        lw = pl.col("lw") if config.popularity_weighted else pl.lit(0.0)
-        pop_terms.append((lw + LN2 * pl.col("t_us") / (h // timedelta(microseconds=1))).alias(f"p_{label}"))
-    b_item = ev.with_columns(pop_terms).group_by("item_id").agg(
-        *[_lse_agg(f"p_{label}").alias(f"new_{label}") for label in config.popularity_labels], *times)
+    b_item = _item_aggregates(ev, config, times)
     b_user = ev.group_by("user_id").agg(_lse_agg("term").alias("log_new"), *times)
 
     with transaction(con):

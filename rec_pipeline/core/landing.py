@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Literal
 
 import duckdb
+import polars as pl
 
 from rec_pipeline.core.contract import EventContract
-from rec_pipeline.core.normalize import contract_parameters, normalize_sql
+from rec_pipeline.core.normalize import CONTENT_EVENT_ID, contract_parameters, normalize_sql
+from rec_pipeline.core.pseudonymization import Pseudonymizer
 from rec_pipeline.core.sources import (
     REJECTS_TABLE,
     UnreadableFileError,
@@ -88,7 +90,10 @@ def land_file(
     path: Path,
     contract: EventContract = EventContract(),
     now: datetime | None = None,
+    pseudonymizer: Pseudonymizer | None = None,
 ) -> LandingReport:
+    """Land `path` (see the module docstring); with `pseudonymizer`, user ids are replaced by their
+    pseudonyms before anything is written (`core.pseudonymization`)."""
     path = Path(path).absolute()
     sha256 = file_sha256(path)
     batch_id = batch_id_for(sha256)
@@ -99,6 +104,8 @@ def land_file(
             return previous
         try:
             _stage_rows(con, path, contract, now)
+            if pseudonymizer is not None:
+                _pseudonymize_staged(con, pseudonymizer)
             counts = _land_in_transaction(con, path, batch_id, sha256, now)
         except UNREADABLE_FILE_ERRORS as error:
             reason = _one_line(error)
@@ -107,11 +114,12 @@ def land_file(
     return LandingReport(batch_id, str(path), "landed", *counts)
 
 
-def land_trusted(warehouse: Warehouse, path: Path, rows: int) -> LandingReport:
+def land_trusted(warehouse: Warehouse, path: Path, rows: int,
+                 pseudonymizer: Pseudonymizer | None = None) -> LandingReport:
     """Land a file known to hold `rows` good events (a replayed historical log, a benchmark's
     simulated events) and mark its batch passed without running the quality suite, which is the
     landing job's part. Raises when not every row lands."""
-    report = land_file(warehouse, path)
+    report = land_file(warehouse, path, pseudonymizer=pseudonymizer)
     if report.status != "landed" or report.landed != rows:
         raise RuntimeError(f"landed {report.landed} of {rows} events from {Path(path).name}: {report.as_dict()}")
     with warehouse.connect() as con:
@@ -172,6 +180,18 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, path: Path, contract: EventContr
         return  # every record's number is its position: see _ROW_NUMBER
     _number_around_rejected_records(con, source.rejected)
     con.execute(f"INSERT INTO batch_rows {normalize_sql(source.rejected)}", parameters)
+
+
+def _pseudonymize_staged(con: duckdb.DuckDBPyConnection, pseudonymizer: Pseudonymizer) -> None:
+    """Every staged user_id replaced by its pseudonym, content ids recomputed from it, the raw text
+    of rejected rows dropped: no raw id goes further than this temp table."""
+    raw_ids = [user for (user,) in con.execute("SELECT DISTINCT user_id FROM batch_rows WHERE user_id IS NOT NULL")
+               .fetchall()]
+    pseudonyms = pl.DataFrame({"raw_id": raw_ids, "pseudonym": [pseudonymizer(user) for user in raw_ids]},  # noqa: F841
+                              schema={"raw_id": pl.String, "pseudonym": pl.String})
+    con.execute("UPDATE batch_rows SET user_id = p.pseudonym FROM pseudonyms p WHERE batch_rows.user_id = p.raw_id")
+    con.execute(f"UPDATE batch_rows SET event_id = {CONTENT_EVENT_ID} WHERE content_id")
+    con.execute("UPDATE batch_rows SET raw = NULL")
 
 
 @contextmanager

@@ -14,11 +14,16 @@ from rec_pipeline.core.sources import WHITESPACE
 
 # Epoch numbers at or above this are milliseconds: 1e11 seconds is the year 5138, 1e11 ms is 1973.
 EPOCH_MILLIS_FROM = 1e11
+# The event_id of an event its source gave none: a hash of its content, so a re-sent event is a
+# duplicate. Over typed columns; landing recomputes it after pseudonymizing user_id.
+CONTENT_EVENT_ID = ("'h-' || md5(to_json(struct_pack(user_id, item_id, event_type, ts := epoch_us(ts),"
+                    " value, session_id, context))::VARCHAR)")
 
 
 def normalize_sql(source_sql: str) -> str:
     """Typed, checked records over `source_sql` (a `RecordSource` query); bind with
-    `contract_parameters`. Columns: source_row, skip, the contract fields typed, reason, raw."""
+    `contract_parameters`. Columns: source_row, skip, the contract fields typed, content_id (the
+    event_id is CONTENT_EVENT_ID), reason, raw."""
     return f"""
 WITH trimmed AS (
     SELECT source_row, skip, raw, parse_error,
@@ -69,10 +74,8 @@ FROM typed
 )
 -- Rejected rows keep the source's event_id (or none): a content hash of a broken row means nothing.
 SELECT source_row, skip,
-       CASE WHEN reason IS NULL AND event_id IS NULL
-            THEN 'h-' || md5(to_json(struct_pack(user_id, item_id, event_type, ts := epoch_us(ts),
-                                                 value, session_id, context))::VARCHAR)
-            ELSE event_id END AS event_id,
+       CASE WHEN reason IS NULL AND event_id IS NULL THEN {CONTENT_EVENT_ID} ELSE event_id END AS event_id,
+       reason IS NULL AND event_id IS NULL AS content_id,
        user_id, item_id, event_type, ts, value, session_id, context, reason,
        -- rejected rows only: the line as read, or the fields as read (CSV, Parquet)
        CASE WHEN reason IS NOT NULL

@@ -66,7 +66,8 @@ class HousekeepingReport:
 def housekeeping(con: duckdb.DuckDBPyConnection, archive_dir: Path, registry: ModelRegistry,
                  retention: timedelta, now: datetime) -> HousekeepingReport:
     """Delete archived event files and the artifacts of rejected or retired models older than
-    `retention` (the champion's and recent ones stay; registry rows and metrics stay), then
+    `retention`, and unregistered artifact folders as old (the champion's and recent ones stay;
+    registry rows and metrics stay), then
     CHECKPOINT the warehouse so its write-ahead log is folded in."""
     cutoff = now - retention
     old_files = [p for p in archive_dir.glob("*") if p.is_file() and p.stat().st_mtime < cutoff.timestamp()]
@@ -86,6 +87,12 @@ def housekeeping(con: duckdb.DuckDBPyConnection, archive_dir: Path, registry: Mo
 
 
 def _unused_artifacts(con: duckdb.DuckDBPyConnection, registry: ModelRegistry, cutoff: datetime) -> list[Path]:
-    rows = con.execute("SELECT version FROM model_registry WHERE status IN ('rejected', 'retired')"
+    """Folders of old rejected or retired versions, and old folders no registry row points at (left
+    by a refresh or a `forget` that crashed after writing an artifact and before committing)."""
+    rows = con.execute("SELECT artifact_path FROM model_registry WHERE status IN ('rejected', 'retired')"
                        " AND trained_at < ?", [cutoff]).fetchall()
-    return [folder for (version,) in rows if (folder := registry.artifact_dir(version)).is_dir()]
+    unused = [folder for (path,) in rows if (folder := Path(path)).is_dir()]
+    registered = {Path(path).name for (path,) in con.execute("SELECT artifact_path FROM model_registry").fetchall()}
+    orphans = [folder for folder in registry.models_dir.glob("*") if folder.is_dir()
+               and folder.name not in registered and folder.stat().st_mtime < cutoff.timestamp()]
+    return unused + orphans

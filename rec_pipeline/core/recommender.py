@@ -34,17 +34,31 @@ class Recommender:
         ranker = Ranker.load(folder / RANKER_DIR) if (folder / RANKER_DIR).is_dir() else None
         return cls(RetrievalModel.load(folder / RETRIEVAL_DIR), ranker)
 
-    def candidates(self, user_ids: list[str], n: int, exclude: pl.DataFrame) -> pl.DataFrame:
-        """[user_id, item_id, retrieval_score, retrieval_rank] for users the retrieval model knows."""
+    def candidates(self, user_ids: list[str], n: int, exclude: pl.DataFrame,
+                   popular: list[str] | None = None) -> pl.DataFrame:
+        """[user_id, item_id, retrieval_score, retrieval_rank] for users the retrieval model knows:
+        retrieval's top `n`, plus every item of `popular` the user has not touched that retrieval did
+        not propose (retrieval_rank null). Two sources, so the ranker can weigh what is popular now
+        against what this user's embedding prefers, which retrieval alone ranks low for most users."""
         items, scores = self.retrieval.top_n(user_ids, n, exclude=exclude)
         width = items.shape[1]
-        frame = pl.DataFrame({
+        retrieved = pl.DataFrame({
             "user_id": pl.Series([u for u in user_ids for _ in range(width)], dtype=pl.String),
             "item_id": pl.Series(items.ravel().tolist(), dtype=pl.String),
             "retrieval_score": pl.Series(scores.ravel(), dtype=pl.Float64),
             "retrieval_rank": pl.Series(list(range(1, width + 1)) * len(user_ids), dtype=pl.Int32),
-        })
-        return frame.filter(pl.col("item_id").is_not_null())
+        }).filter(pl.col("item_id").is_not_null())
+        if not popular:
+            return retrieved
+        known = [u for u, ok in zip(user_ids, self.retrieval.known(user_ids)) if ok]
+        extra = (pl.DataFrame({"user_id": known}, schema={"user_id": pl.String})
+                 .join(pl.DataFrame({"item_id": popular}, schema={"item_id": pl.String}), how="cross")
+                 .join(exclude.select("user_id", "item_id"), on=["user_id", "item_id"], how="anti")
+                 .join(retrieved, on=["user_id", "item_id"], how="anti"))
+        extra = extra.with_columns(
+            retrieval_score=pl.Series(self.retrieval.pair_scores(extra["user_id"], extra["item_id"]), dtype=pl.Float64),
+            retrieval_rank=pl.lit(None, pl.Int32))
+        return pl.concat([retrieved, extra])
 
     def rank(self, con: duckdb.DuckDBPyConnection, candidates: pl.DataFrame, at: datetime,
              features: FeatureConfig) -> pl.DataFrame:

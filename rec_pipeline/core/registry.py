@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +63,31 @@ class ModelRegistry:
 
     def artifact_dir(self, version: str) -> Path:
         return self.models_dir / version
+
+    def write_artifact(self, version: str, save: Callable[[Path], object]) -> Path:
+        """Call `save(folder)` on a temporary folder beside the artifact's, make its files durable,
+        then rename it into place: a crash leaves either no artifact folder or a complete one, never
+        a partial one that a registry row could point at (rows are written after this returns)."""
+        final = self.artifact_dir(version)
+        staging = self.models_dir / f".staging-{version}"
+        shutil.rmtree(staging, ignore_errors=True)
+        save(staging)
+        for path in sorted(staging.rglob("*"), reverse=True):  # files before the folders holding them
+            _fsync(path)
+        _fsync(staging)
+        staging.rename(final)
+        _fsync(self.models_dir)
+        return final
+
+    def replace_artifact(self, con: duckdb.DuckDBPyConnection, version: str, save: Callable[[Path], object]) -> Path:
+        """Write a new artifact for `version` into a new folder and point its row (path, checksum)
+        at it; returns the old folder, which the caller deletes once its transaction has committed
+        (a rollback leaves the row on the old, untouched folder and the new one unregistered)."""
+        old = Path(self.get(con, version).artifact_path)
+        folder = self.write_artifact(f"{version}.{secrets.token_hex(4)}", save)
+        con.execute("UPDATE model_registry SET artifact_path = ?, checksum = ? WHERE version = ?",
+                    [str(folder), artifact_checksum(folder), version])
+        return old
 
     def register(
         self,
@@ -116,6 +144,14 @@ class ModelRegistry:
         if not resolved.is_relative_to(self.models_dir) or not resolved.is_dir():
             raise ArtifactError(f"{folder} is not an artifact folder under {self.models_dir}")
         return resolved
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _model_version(row: tuple) -> ModelVersion:

@@ -22,7 +22,9 @@ Policies
   1 + the user-item interaction count; general settings (64 factors, regularization 0.05, 15
   iterations), not tuned per dataset.
 
-Users a model does not know get the all-history popularity list. `train_seconds` is the time spent
+Users a model does not know get the pipeline's popularity floor from that policy's own features (the
+gate's floor: decayed popularity over the longest window, `popular_lists`); `ials` falls back to the
+all-history popularity list, as the baseline is defined. `train_seconds` is the time spent
 learning: refreshes for `online`/`full_retrain`, the warm-up refresh for `static`; the popularity
 baselines count at ranking time and report 0.
 """
@@ -43,7 +45,7 @@ from rec_pipeline.core.evaluation import score_lists
 from rec_pipeline.core.event_files import write_events
 from rec_pipeline.core.landing import land_file, land_trusted
 from rec_pipeline.core.recommender import Recommender
-from rec_pipeline.core.refresh import RefreshConfig, model_lists, popular_lists_from, refresh
+from rec_pipeline.core.refresh import RefreshConfig, model_lists, popular_lists, popular_lists_from, refresh
 from rec_pipeline.core.registry import ModelRegistry
 
 POLICIES = ("online", "static", "full_retrain", "popularity", "recent_popularity", "ials")
@@ -116,13 +118,12 @@ class _Home:
             row = self.registry.champion(con)
             return Recommender.load(self.registry.verified_artifact(con, row.version)) if row else None
 
-    def lists(self, model: Recommender | None, users: list[str], seen: pl.DataFrame, at,
-              fallback: pl.DataFrame) -> pl.DataFrame:
-        """`model`'s lists for `users` on this home's features; `fallback` without a model."""
-        if model is None:
-            return fallback
+    def lists(self, model: Recommender | None, users: list[str], seen: pl.DataFrame, at) -> pl.DataFrame:
+        """`model`'s lists for `users` on this home's features; users it does not know (everyone,
+        without a model) get the production floor: the most popular items over the longest window."""
         with self.settings.warehouse().connect() as con:
-            return model_lists(con, model, users, seen, at, self.config, fallback)
+            fallback = popular_lists(con, users, seen, at, self.config, trending=False)
+            return fallback if model is None else model_lists(con, model, users, seen, at, self.config, fallback)
 
 
 def replay(events: pl.DataFrame, items: pl.DataFrame | None, workdir: Path, config: ReplayConfig = ReplayConfig(),
@@ -175,10 +176,10 @@ def _score_batch(number: int, batch: pl.DataFrame, history: pl.DataFrame, previo
         "popularity": lambda: popular,
         "recent_popularity": lambda: popular_lists_from(counts_pool(previous, config.k + longest), users, seen,
                                                         config.k),
-        "online": lambda: homes["online"].lists(homes["online"].champion(), users, seen, batch["ts"].min(), popular),
-        "static": lambda: homes["online"].lists(static, users, seen, batch["ts"].min(), popular),
+        "online": lambda: homes["online"].lists(homes["online"].champion(), users, seen, batch["ts"].min()),
+        "static": lambda: homes["online"].lists(static, users, seen, batch["ts"].min()),
         "full_retrain": lambda: homes["full_retrain"].lists(homes["full_retrain"].champion(), users, seen,
-                                                            batch["ts"].min(), popular),
+                                                            batch["ts"].min()),
         "ials": lambda: ials_lists(history, users, config.k, popular, ials_seconds),
     }
     rows = []

@@ -433,16 +433,22 @@ class RetrievalModel:
     ) -> RetrievalModel:
         """A NEW model without the users/items whose last_seen < ``before`` (ids missing from the
         last-seen input are kept). A frame input is ``[id, last_seen]`` (first column = id)."""
-        drop_u = _stale(users_last_seen, before)
-        drop_i = _stale(items_last_seen, before)
-        keep_u = ~np.isin(self._user_ids.astype(str), drop_u)
-        keep_i = ~np.isin(self._item_ids.astype(str), drop_i)
+        keep_u = ~np.isin(self._user_ids.astype(str), _stale(users_last_seen, before))
+        keep_i = ~np.isin(self._item_ids.astype(str), _stale(items_last_seen, before))
+        return self._subset(keep_u, keep_i, {"expired_users": int((~keep_u).sum()),
+                                             "expired_items": int((~keep_i).sum())})
+
+    def without_users(self, user_ids: Iterable[str]) -> RetrievalModel:
+        """A NEW model with no row (embedding, optimizer state) for `user_ids` (a user forgotten)."""
+        keep_u = ~np.isin(self._user_ids.astype(str), np.asarray(list(user_ids), dtype=str))
+        return self._subset(keep_u, np.ones(len(self._item_ids), bool), {})
+
+    def _subset(self, keep_u: np.ndarray, keep_i: np.ndarray, info: Mapping[str, Any]) -> RetrievalModel:
         keep = {"user_emb": keep_u, "item_emb": keep_i, "item_bias": keep_i}
         arrays = {k: self._arrays[k][keep[k]] for k in _TABLES}
         opt = {k: (v[keep[k.split("/")[0]]] if "/" in k else v) for k, v in self._opt.items()}
         return RetrievalModel(self._user_ids[keep_u], self._item_ids[keep_i], arrays, opt, self.config,
-                              {**self.train_info, "expired_users": int((~keep_u).sum()),
-                               "expired_items": int((~keep_i).sum())})
+                              {**self.train_info, **info})
 
     # -------------------------------------------------------------------------------- inference
 
@@ -452,6 +458,17 @@ class RetrievalModel:
         out = np.full((len(rows), len(self._item_ids)), np.nan, np.float32)
         ok = rows >= 0
         out[ok] = self._arrays["user_emb"][rows[ok]] @ self._arrays["item_emb"].T + self._arrays["item_bias"][:, 0]
+        return out
+
+    def pair_scores(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        """float32 score of each (user_ids[k], item_ids[k]) pair, as `score()`; NaN when either is unknown."""
+        rows = self._user_rows(user_ids)
+        get = self._item_index.get
+        cols = np.fromiter((get(str(i), -1) for i in item_ids), dtype=np.int64, count=len(rows))
+        out = np.full(len(rows), np.nan, np.float32)
+        ok = (rows >= 0) & (cols >= 0)
+        U, V, b = self._arrays["user_emb"], self._arrays["item_emb"], self._arrays["item_bias"][:, 0]
+        out[ok] = np.einsum("ij,ij->i", U[rows[ok]], V[cols[ok]]) + b[cols[ok]]
         return out
 
     def top_n(

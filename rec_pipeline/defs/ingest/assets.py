@@ -8,6 +8,7 @@ from rec_pipeline.config import Settings
 from rec_pipeline.core import batches, quality
 from rec_pipeline.core.landing import LandingReport, land_file
 from rec_pipeline.core.landing_folder import archive_file
+from rec_pipeline.core.pseudonymization import Pseudonymizer
 from rec_pipeline.defs.ingest.partitions import event_batches
 from rec_pipeline.defs.resources import WAREHOUSE_POOL, PipelineResource
 
@@ -41,7 +42,7 @@ def event_batch(context: dg.AssetExecutionContext, config: BatchFileConfig, pipe
     path = Path(config.path) if config.path else settings.landing_dir / context.partition_key
     _refuse_unsafe_input(path)
     warehouse = pipeline.warehouse()
-    report = land_file(warehouse, path)
+    report = land_file(warehouse, path, pseudonymizer=Pseudonymizer.from_env())
     if report.status == "failed":
         _archive_if_landing(path, settings, report.batch_id)
         raise dg.Failure(
