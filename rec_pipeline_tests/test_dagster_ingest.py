@@ -178,6 +178,19 @@ def test_the_asset_refuses_a_symlink_even_when_a_run_names_it(definitions, home,
         assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 0
 
 
+def test_a_partition_naming_a_file_outside_the_landing_folder_is_refused(definitions, home, tmp_path):
+    write_jsonl(home / "outside.jsonl", good_rows(2))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("event_batches", ["../outside.jsonl"])
+        result = definitions.resolve_job_def("land_events_job").execute_in_process(
+            partition_key="../outside.jsonl", instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "outside the landing folder" in str(failure.event_specific_data.error)
+    with Warehouse(home / "warehouse.duckdb").connect() as con:
+        assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+
+
 def test_a_crash_after_landing_is_retried_and_the_batch_validated(definitions, home, monkeypatch):
     """Validation failing once (e.g. a lock timeout) must not leave the batch pending for good."""
     from rec_pipeline.core import quality

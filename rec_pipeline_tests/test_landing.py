@@ -964,6 +964,59 @@ def test_random_jsonl_mixes_are_fully_accounted_and_round_trip(tmp_path, now):
     run()
 
 
+INVALID_CSV_ROWS = st.sampled_from([
+    {"user_id": "", "item_id": "i", "event_type": "view", "ts": "2024-01-01"},
+    {"user_id": "u", "item_id": "i", "event_type": "teleport", "ts": "2024-01-01"},
+    {"user_id": "u", "item_id": "i", "event_type": "view", "ts": "yesterday"},
+    {"user_id": "u", "item_id": "i", "event_type": "view", "ts": "2999-01-01"},
+    {"user_id": "u", "item_id": "i", "event_type": "view", "ts": "2024-01-01", "value": "abc"},
+    {"user_id": "u", "item_id": "i", "event_type": "view", "ts": "2024-01-01", "value": "-1"},
+    {"user_id": "u", "item_id": "i", "event_type": "rating", "ts": "2024-01-01", "value": "7"},
+    {"user_id": "u", "item_id": "", "event_type": "view", "ts": "2024-01-01"},
+]).map(lambda row: ("invalid", row, None, None))
+
+
+def test_random_csv_mixes_are_fully_accounted_and_round_trip(tmp_path, now):
+    """The CSV reader under the same property as JSON Lines: any mix of valid and invalid records
+    (quoting left to Python's csv module) is fully accounted, and the landed rows are exactly the
+    valid ones, first occurrence of each event kept."""
+    import csv as csv_module
+    import io
+
+    state = {"example": 0}
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(rows=st.lists(st.one_of(valid_lines(), INVALID_CSV_ROWS), min_size=1, max_size=25))
+    def run(rows):
+        state["example"] += 1
+        k = state["example"]
+        buffer = io.StringIO()
+        writer = csv_module.DictWriter(buffer, fieldnames=["event_id", "user_id", "item_id", "event_type", "ts",
+                                                           "value", "session_id"], lineterminator="\n")
+        writer.writeheader()
+        for kind, row, event_id, _ in rows:
+            writer.writerow({**row, "session_id": f"example-{k}",
+                             "event_id": f"{k}:{event_id}" if event_id is not None else ""})
+        path = tmp_path / f"mix{k}.csv"
+        path.write_text(buffer.getvalue())
+        warehouse = Warehouse(tmp_path / f"w{k}.duckdb")
+        report = land_file(warehouse, path, now=now)
+
+        valid = [(n, eid, exp) for n, (kind, _, eid, exp) in enumerate(rows, start=1) if kind == "valid"]
+        first_rows, seen_keys = {}, set()
+        for n, eid, exp in valid:
+            key = ("id", eid) if eid is not None else ("hash", exp)
+            if key not in seen_keys:
+                seen_keys.add(key)
+                first_rows[n] = exp
+        batch = check(warehouse, report, read=len(rows), landed=len(first_rows),
+                      duplicates=len(valid) - len(first_rows), rejected=len(rows) - len(valid))
+        assert {r["source_row"]: (r["user_id"], r["item_id"], r["event_type"], r["ts"], r["value"])
+                for r in batch.landed} == first_rows
+
+    run()
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_record_numbers_stay_exact_in_a_file_read_in_parallel(warehouse, land, write_file, suffix):
     """DuckDB reads a large file on several threads; every record keeps its own number."""

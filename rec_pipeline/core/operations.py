@@ -41,16 +41,29 @@ def record_failure(con: duckdb.DuckDBPyConnection, run_id: str, job_name: str, m
 
 
 def health(con: duckdb.DuckDBPyConnection, now: datetime) -> dict:
-    """The age of the published recommendations and the last failed run."""
+    """The age of the published recommendations, the last failed run, the last batch held back by
+    its checks and the last gate decision: why the published lists did (not) change."""
     generated = con.execute("SELECT max(generated_at) FROM recommendations").fetchall()[0][0]
-    failure = con.execute("SELECT run_id, job_name, failed_at, message FROM run_failures"
-                          " ORDER BY failed_at DESC LIMIT 1").fetchall()
     return {
         "recommendations_generated_at": generated.isoformat() if generated else None,
         "recommendations_age_s": round((now - generated).total_seconds(), 1) if generated else None,
-        "last_failure": dict(zip(("run_id", "job_name", "failed_at", "message"),
-                                 (*failure[0][:2], failure[0][2].isoformat(), failure[0][3]))) if failure else None,
+        "last_failure": _latest(con, "SELECT run_id, job_name, failed_at, message FROM run_failures"
+                                     " ORDER BY failed_at DESC LIMIT 1"),
+        "last_held_back": _latest(con, "SELECT batch_id, path, landed_at, failed_checks FROM batch_overview"
+                                       " WHERE quality_status = 'failed' ORDER BY landed_at DESC LIMIT 1"),
+        "last_gate_decision": _latest(con, "SELECT challenger, evaluated_at, promoted, reason FROM evaluations"
+                                           " ORDER BY evaluated_at DESC LIMIT 1"),
     }
+
+
+def _latest(con: duckdb.DuckDBPyConnection, sql: str) -> dict | None:
+    """The one row of `sql` as a JSON-ready dict, or None."""
+    cursor = con.execute(sql)
+    rows = cursor.fetchall()
+    if not rows:
+        return None
+    names = [column[0] for column in cursor.description]
+    return {name: value.isoformat() if isinstance(value, datetime) else value for name, value in zip(names, rows[0])}
 
 
 @dataclass(frozen=True)

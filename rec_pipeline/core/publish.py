@@ -59,8 +59,9 @@ def replace_recommendations(con: duckdb.DuckDBPyConnection,
 def publish_serving(con: duckdb.DuckDBPyConnection, serving_path: Path) -> Path:
     """Copy the serving tables into a new DuckDB file beside `serving_path`, then rename it over."""
     serving_path = Path(serving_path)
+    for stale in serving_path.parent.glob(f".{serving_path.name}.*.tmp"):  # left by a killed publisher
+        stale.unlink(missing_ok=True)
     staging = serving_path.with_name(f".{serving_path.name}.{os.getpid()}.tmp")
-    staging.unlink(missing_ok=True)
     con.execute("ATTACH ? AS serving_copy", [str(staging)])
     try:
         for table, query in SERVING_TABLES:

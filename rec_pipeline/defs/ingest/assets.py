@@ -41,6 +41,9 @@ def event_batch(context: dg.AssetExecutionContext, config: BatchFileConfig, pipe
     settings = pipeline.settings
     path = Path(config.path) if config.path else settings.landing_dir / context.partition_key
     _refuse_unsafe_input(path)
+    if not config.path and path.resolve().parent != settings.landing_dir.resolve():
+        raise dg.Failure(description=f"partition {context.partition_key!r} names a file outside the landing folder",
+                         allow_retries=False)
     warehouse = pipeline.warehouse()
     report = land_file(warehouse, path, pseudonymizer=Pseudonymizer.from_env())
     if report.status == "failed":
