@@ -914,6 +914,22 @@ INVALID_LINES = st.sampled_from([
 BLANK_LINES = st.sampled_from([b"", b"   "]).map(lambda line: ("blank", line, None, None))
 
 
+def first_occurrences(valid: list[tuple]) -> dict:
+    """{record number: expected row} of the valid (number, event_id, expected) records that land: the
+    first of each event_id, or of each content when there is no id."""
+    first_rows, seen_keys = {}, set()
+    for n, eid, exp in valid:
+        key = ("id", eid) if eid is not None else ("hash", exp)
+        if key not in seen_keys:
+            seen_keys.add(key)
+            first_rows[n] = exp
+    return first_rows
+
+
+def landed_as_expected(batch: Batch) -> dict:
+    return {r["source_row"]: (r["user_id"], r["item_id"], r["event_type"], r["ts"], r["value"]) for r in batch.landed}
+
+
 def test_random_jsonl_mixes_are_fully_accounted_and_round_trip(tmp_path, now):
     """One warehouse for all examples (fast); each example's valid rows carry a unique session_id and
     event_id prefix, so examples never deduplicate against each other."""
@@ -947,16 +963,10 @@ def test_random_jsonl_mixes_are_fully_accounted_and_round_trip(tmp_path, now):
 
         non_blank = [(n, kind, eid, exp) for n, (kind, _, eid, exp) in enumerate(lines, start=1) if kind != "blank"]
         valid = [(n, eid, exp) for n, kind, eid, exp in non_blank if kind == "valid"]
-        first_rows, seen_keys = {}, set()
-        for n, eid, exp in valid:
-            key = ("id", eid) if eid is not None else ("hash", exp)
-            if key not in seen_keys:
-                seen_keys.add(key)
-                first_rows[n] = exp
+        first_rows = first_occurrences(valid)
         batch = check(wh, report, read=len(non_blank), landed=len(first_rows),
                       duplicates=len(valid) - len(first_rows), rejected=len(non_blank) - len(valid))
-        assert {r["source_row"]: (r["user_id"], r["item_id"], r["event_type"], r["ts"], r["value"])
-                for r in batch.landed} == first_rows
+        assert landed_as_expected(batch) == first_rows
         assert all(r["session_id"] == f"example-{k}" for r in batch.landed)
         assert sorted(r["source_row"] for r in batch.rejected) == [n for n, kind, _, _ in non_blank
                                                                     if kind == "invalid"]
@@ -1003,16 +1013,10 @@ def test_random_csv_mixes_are_fully_accounted_and_round_trip(tmp_path, now):
         report = land_file(warehouse, path, now=now)
 
         valid = [(n, eid, exp) for n, (kind, _, eid, exp) in enumerate(rows, start=1) if kind == "valid"]
-        first_rows, seen_keys = {}, set()
-        for n, eid, exp in valid:
-            key = ("id", eid) if eid is not None else ("hash", exp)
-            if key not in seen_keys:
-                seen_keys.add(key)
-                first_rows[n] = exp
+        first_rows = first_occurrences(valid)
         batch = check(warehouse, report, read=len(rows), landed=len(first_rows),
                       duplicates=len(valid) - len(first_rows), rejected=len(rows) - len(valid))
-        assert {r["source_row"]: (r["user_id"], r["item_id"], r["event_type"], r["ts"], r["value"])
-                for r in batch.landed} == first_rows
+        assert landed_as_expected(batch) == first_rows
 
     run()
 
