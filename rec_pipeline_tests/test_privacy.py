@@ -181,6 +181,21 @@ def assert_popularity_as_if_never_seen(con, pseudonym: str, touched: list[str], 
         assert np.allclose(ours[column].to_numpy(), expected[column].to_numpy(), rtol=1e-9)
 
 
+def test_forget_also_removes_unparseable_rejected_lines_that_name_the_user(tmp_path, write_file, now):
+    settings = Settings(home=tmp_path / "home")
+    settings.ensure_dirs()
+    lines = ['{"user_id": "carol", "item_id": "i1", "event_type": "view", "ts": "2024-05-01T10:00:00Z"}',
+             '{"user_id": "carol", "item_id": ', '{"user_id": "caroline", "item_id": ', '{"user_id": "dave", "it']
+    report = land_file(settings.warehouse(), write_file("a.jsonl", "\n".join(lines) + "\n"), now=now)
+    assert (report.landed, report.rejected) == (1, 3)
+    removed = forget(settings.warehouse(), ModelRegistry(settings.models_dir), settings.serving_path, "carol", None)
+    assert (removed.events, removed.rejected_rows) == (1, 1)
+    with settings.warehouse().connect() as con:
+        assert mentions(con, ["carol"]) == {}
+        assert sorted(raw for (raw,) in con.execute("SELECT raw FROM events_rejected").fetchall()) == [
+            lines[2], lines[3]], "other users' broken lines stay"
+
+
 def test_a_forget_that_fails_part_way_changes_nothing(served, monkeypatch):
     import rec_pipeline.core.forgetting as forgetting
 

@@ -4,6 +4,7 @@ pipeline holds (see `forget`)."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 from dataclasses import asdict, dataclass
@@ -55,7 +56,7 @@ def forget(warehouse: Warehouse, registry: ModelRegistry, serving_path: Path, us
                                                [ids]).fetchall()]
             counts = {
                 "events": _delete(con, "events", ids),
-                "rejected_rows": _delete(con, "events_rejected", ids),
+                "rejected_rows": _delete_rejected(con, ids),
                 "recommendations": _delete(con, "recommendations", ids),
                 "check_mentions": _scrub_check_metadata(con, ids),
             }
@@ -78,6 +79,14 @@ def forget(warehouse: Warehouse, registry: ModelRegistry, serving_path: Path, us
 
 def _delete(con: duckdb.DuckDBPyConnection, table: str, ids: list[str]) -> int:
     return con.execute(f"DELETE FROM {table} WHERE list_contains(?, user_id)", [ids]).fetchall()[0][0]
+
+
+def _delete_rejected(con: duckdb.DuckDBPyConnection, ids: list[str]) -> int:
+    """The user's quarantined rows: by their parsed user_id, and the unparseable ones (no user_id)
+    whose raw text names them as a whole token (another broken row naming them goes too)."""
+    token = "(^|[^0-9A-Za-z_])(" + "|".join(re.escape(i) for i in ids) + ")([^0-9A-Za-z_]|$)"
+    return con.execute("DELETE FROM events_rejected WHERE list_contains(?, user_id)"
+                       " OR (user_id IS NULL AND regexp_matches(raw, ?))", [ids, token]).fetchall()[0][0]
 
 
 def _scrub_check_metadata(con: duckdb.DuckDBPyConnection, ids: list[str]) -> int:
