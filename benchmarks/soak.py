@@ -10,8 +10,8 @@ automatic retry) gets `--files` files, one every `--interval` seconds, renamed i
 The kinds cycle good, good, good, bad rows, good, held back, good, good, unreadable, good.
 
 Meanwhile a reader process opens serving.duckdb read-only in a loop and asks one user's list (as an
-app would), counting every error. At the end, when every file has a finished landing run and a
-refresh has run after the last one, the script reports:
+app would), counting every error. At the end, when every file has a finished landing run, no run is
+in flight and a refresh has learnt every validated batch, the script reports:
 * runs by status; failed runs whose error mentions a lock (must be 0);
 * reader queries and errors (must be 0);
 * accounting: per file, rows written = read = landed + duplicates + rejected, and every unreadable
@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def wait_until_settled(server, names: set[str]) -> dict:
-    """Every file has a finished landing run, and a refresh finished after the last of them."""
+    """Every file has a finished landing run, no run is in flight, and every validated batch has been
+    learnt by a refresh."""
     import dagster as dg
 
     from rec_pipeline.dev_server import wait_for
@@ -142,9 +143,8 @@ def wait_until_settled(server, names: set[str]) -> dict:
             finished = {r.dagster_run.tags["dagster/partition"] for r in landing if r.dagster_run.status in done}
             if finished != names or any(r.dagster_run.status not in done for r in records):
                 return None
-            last_landing = max(r.end_time for r in landing)
             refreshes = [r for r in records if dg.AssetKey("recommendations") in (r.dagster_run.asset_selection or ())]
-            if not any(r.create_timestamp.timestamp() > last_landing for r in refreshes):
+            if unlearnt_batches(server):
                 return None
             failed = [(r.dagster_run.tags.get("dagster/partition", r.dagster_run.job_name),
                        _failure_message(instance, r.dagster_run.run_id))
@@ -154,6 +154,14 @@ def wait_until_settled(server, names: set[str]) -> dict:
                     "failures": [f"{name}: {message[:160]}" for name, message in failed]}
 
     return wait_for("every file landed and a refresh after the last", settled, TIMEOUT_S, every_s=10)
+
+
+def unlearnt_batches(server) -> int:
+    import duckdb
+
+    with duckdb.connect(str(server.pipeline_home / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute("SELECT count(*) FROM ingested_files WHERE quality_status = 'passed'"
+                           " AND batch_id NOT IN (SELECT batch_id FROM refresh_batches)").fetchall()[0][0]
 
 
 def _failure_message(instance, run_id: str) -> str:
