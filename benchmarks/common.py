@@ -72,3 +72,16 @@ def print_provenance(report: dict, extra: str = "") -> None:
 
 def fmt_load(load: list[float]) -> str:
     return "/".join(f"{x:.2f}" for x in load)
+
+
+def scratch_home(folder: Path, catalogue):
+    """(Settings, ModelRegistry) of a new pipeline home in `folder` whose warehouse knows `catalogue`."""
+    from rec_pipeline.config import Settings
+    from rec_pipeline.core.catalogue import upsert_items
+    from rec_pipeline.core.registry import ModelRegistry
+
+    settings = Settings(home=Path(folder))
+    settings.ensure_dirs()
+    with settings.warehouse().connect() as con:
+        upsert_items(con, catalogue)
+    return settings, ModelRegistry(settings.models_dir)

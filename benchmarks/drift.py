@@ -24,14 +24,13 @@ Usage: python benchmarks/drift.py [--batches 24] [--events-per-batch 20000] [--w
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, measured, print_provenance, print_report
+from common import ROOT, measured, print_provenance, print_report, scratch_home
 
 POLICIES = ("online", "frozen", "popularity", "oracle")
 # Before any real date, so no event falls after the contract's "now + 1 day".
@@ -55,20 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from rec_pipeline.config import Settings
-    from rec_pipeline.core.catalogue import upsert_items
     from rec_pipeline.core.refresh import RefreshConfig
-    from rec_pipeline.core.registry import ModelRegistry
     from rec_pipeline.core.simulator import Simulator, SimulatorConfig
 
     config = RefreshConfig() if args.candidates is None else RefreshConfig(candidates=args.candidates)
     simulator = Simulator(SimulatorConfig(seed=args.seed, start=SIM_START, drift_period_days=args.drift_period_days))
     with tempfile.TemporaryDirectory(prefix="rec_pipeline_drift_") as home_dir:
-        home = Settings(home=Path(home_dir))
-        home.ensure_dirs()
-        registry = ModelRegistry(home.models_dir)
-        with home.warehouse().connect() as con:
-            upsert_items(con, simulator.catalogue())
+        home, registry = scratch_home(Path(home_dir), simulator.catalogue())
         chunks = simulator.iter_event_chunks(args.batches * args.events_per_batch, args.events_per_batch)
         rows, frozen = [], None
         for batch, events in enumerate(chunks, start=1):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from common import measured, print_provenance, print_report

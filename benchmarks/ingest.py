@@ -27,7 +27,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, measured, peak_rss_mib, print_provenance, print_report
+from common import measured, peak_rss_mib, print_provenance, print_report
 SEED = 0
 CHUNK_ROWS = 250_000
 # Events start well in the past, so none falls after the contract's "now + 1 day" whatever the date.

@@ -20,27 +20,20 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import measured, print_provenance, print_report
+from common import measured, print_provenance, print_report, scratch_home
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from rec_pipeline.config import Settings
-    from rec_pipeline.core.catalogue import upsert_items
     from rec_pipeline.core.event_files import write_events
     from rec_pipeline.core.landing import land_trusted
     from rec_pipeline.core.recommender import Recommender
     from rec_pipeline.core.refresh import RefreshConfig, publish, refresh
-    from rec_pipeline.core.registry import ModelRegistry
     from rec_pipeline.core.simulator import Simulator, SimulatorConfig
 
     simulator = Simulator(SimulatorConfig(seed=0, n_users=args.users, n_items=2_000))
     events = simulator.events(args.events)
     with tempfile.TemporaryDirectory(prefix="rec_pipeline_popular_") as base:
-        settings = Settings(home=Path(base))
-        settings.ensure_dirs()
-        registry = ModelRegistry(settings.models_dir)
-        with settings.warehouse().connect() as con:
-            upsert_items(con, simulator.catalogue())
+        settings, registry = scratch_home(Path(base), simulator.catalogue())
         half = events.height // 2
         for k, part in enumerate((events.head(half), events.tail(events.height - half))):
             land_trusted(settings.warehouse(), write_events(part, settings.imports_dir / f"part-{k}.parquet"), part.height)

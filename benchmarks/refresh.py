@@ -38,7 +38,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, measured, peak_rss_mib, print_provenance, print_report
+from common import measured, peak_rss_mib, print_provenance, print_report
 SEED = 0
 N_ITEMS = 10_000
 FILE_ROWS = 1_000_000  # events per landed history file

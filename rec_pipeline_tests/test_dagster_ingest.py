@@ -9,7 +9,6 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import pytest
 
 from rec_pipeline.core.warehouse import Warehouse
 from rec_pipeline.defs.ingest.runner import land_through_dagster

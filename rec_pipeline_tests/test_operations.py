@@ -3,7 +3,6 @@
 import os
 from datetime import datetime, timedelta, timezone
 
-import pytest
 
 from rec_pipeline.core.operations import health, housekeeping, post_alert, record_failure
 from rec_pipeline.core.registry import ModelRegistry

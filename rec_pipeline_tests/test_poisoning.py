@@ -4,7 +4,6 @@ as they were, and the reason shows in Dagster (a failed asset check with its des
 `rec-pipeline status`."""
 
 import json
-import os
 from pathlib import Path
 
 import dagster as dg

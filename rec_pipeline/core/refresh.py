@@ -315,7 +315,8 @@ def publish(con: duckdb.DuckDBPyConnection, model: Recommender | None, version: 
     users = con.sql("SELECT user_id FROM user_activity ORDER BY user_id").pl()["user_id"].to_list()
     excluded = _never_again(con, config.exclude_event_types)
     pool = popular_pool(con, excluded, at, config, trending=True)
-    trending = popular_items(con, at, config.features, config.k, trending=True).with_columns(generated_at=pl.lit(now))
+    trending = popular_items(con, at, config.features, config.k, trending=True)  # noqa: F841 (read by DuckDB)
+    trending = trending.with_columns(generated_at=pl.lit(now))
 
     def chunks() -> Iterator[pl.DataFrame]:
         for start in range(0, len(users), config.publish_chunk_users):
