@@ -77,8 +77,8 @@ def fmt_load(load: list[float]) -> str:
 def scratch_home(folder: Path, catalogue):
     """(Settings, ModelRegistry) of a new pipeline home in `folder` whose warehouse knows `catalogue`."""
     from rec_pipeline.config import Settings
-    from rec_pipeline.core.catalogue import upsert_items
-    from rec_pipeline.core.registry import ModelRegistry
+    from rec_pipeline.core.ingest.catalogue import upsert_items
+    from rec_pipeline.core.model.registry import ModelRegistry
 
     settings = Settings(home=Path(folder))
     settings.ensure_dirs()

@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from rec_pipeline.core.refresh import RefreshConfig
-    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.model.refresh import RefreshConfig
+    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 
     config = RefreshConfig() if args.candidates is None else RefreshConfig(candidates=args.candidates)
     simulator = Simulator(SimulatorConfig(seed=args.seed, start=SIM_START, drift_period_days=args.drift_period_days))
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def step(home, registry, simulator, events, batch: int, frozen, config) -> dict:
     """Land one batch, score every policy on it, then refresh on it."""
-    from rec_pipeline.core.demo import batch_ndcg
-    from rec_pipeline.core.refresh import refresh
+    from rec_pipeline.core.evaluation.demo import batch_ndcg
+    from rec_pipeline.core.model.refresh import refresh
 
     batch_events = land_passed(home, events, batch)
     with home.warehouse().connect() as con:
@@ -87,8 +87,8 @@ def step(home, registry, simulator, events, batch: int, frozen, config) -> dict:
 
 def land_passed(home, events, batch: int):
     """Land one batch with `land_trusted` (marked passed); returns it as the warehouse holds it."""
-    from rec_pipeline.core.event_files import write_events
-    from rec_pipeline.core.landing import land_trusted
+    from rec_pipeline.core.ingest.event_files import write_events
+    from rec_pipeline.core.ingest.landing import land_trusted
 
     path = write_events(events, home.imports_dir / f"batch-{batch:03d}.parquet")
     report = land_trusted(home.warehouse(), path, events.height)
@@ -98,7 +98,7 @@ def land_passed(home, events, batch: int):
 
 
 def champion(home, registry, con=None):
-    from rec_pipeline.core.recommender import Recommender
+    from rec_pipeline.core.model.recommender import Recommender
 
     if con is None:
         with home.warehouse().connect() as own:

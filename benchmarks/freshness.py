@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
     from rec_pipeline.dev_server import DagsterDev
 
     simulator = Simulator(SimulatorConfig(seed=0, n_users=5_000, n_items=2_000))

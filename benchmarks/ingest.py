@@ -68,7 +68,7 @@ def input_file(workdir: Path, n_events: int, fmt: str) -> Path:
 
 
 def event_chunks(n_events: int):
-    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 
     return Simulator(SimulatorConfig(seed=SEED, start=SIM_START)).iter_event_chunks(n_events, CHUNK_ROWS)
 
@@ -88,7 +88,7 @@ def write_parquet(chunks, path: Path) -> None:
 
 
 def write_jsonl(chunks, path: Path) -> None:
-    from rec_pipeline.core.event_files import _as_text  # ts as ISO-8601 UTC text ending in Z
+    from rec_pipeline.core.ingest.event_files import _as_text  # ts as ISO-8601 UTC text ending in Z
 
     with open(path, "wb") as out:
         for chunk in chunks:
@@ -115,8 +115,8 @@ def bare_seconds(file: Path, db: Path) -> float:
 
 
 def pipeline_seconds(args: argparse.Namespace) -> float:
-    from rec_pipeline.core.landing import land_file
-    from rec_pipeline.core.warehouse import Warehouse
+    from rec_pipeline.core.ingest.landing import land_file
+    from rec_pipeline.core.ops.warehouse import Warehouse
 
     warehouse = Warehouse(args.db)
     with warehouse.connect():  # applies the migrations before the timer starts

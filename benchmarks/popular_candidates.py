@@ -24,11 +24,11 @@ from common import measured, print_provenance, print_report, scratch_home
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from rec_pipeline.core.event_files import write_events
-    from rec_pipeline.core.landing import land_trusted
-    from rec_pipeline.core.recommender import Recommender
-    from rec_pipeline.core.refresh import RefreshConfig, publish, refresh
-    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.ingest.event_files import write_events
+    from rec_pipeline.core.ingest.landing import land_trusted
+    from rec_pipeline.core.model.recommender import Recommender
+    from rec_pipeline.core.model.refresh import RefreshConfig, publish, refresh
+    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 
     simulator = Simulator(SimulatorConfig(seed=0, n_users=args.users, n_items=2_000))
     events = simulator.events(args.events)

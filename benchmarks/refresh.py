@@ -75,7 +75,7 @@ def settings(home: Path):
 
 def prepare(template: Path, history: int, new: int, users: int) -> dict:
     """Generate history + new events, land the history; `template/ready` marks a complete home."""
-    from rec_pipeline.core.landing import land_trusted
+    from rec_pipeline.core.ingest.landing import land_trusted
 
     start = time.perf_counter()
     home = settings(template)
@@ -93,8 +93,8 @@ def write_files(folder: Path, history: int, new: int, users: int) -> list[tuple[
     """History in FILE_ROWS-event Parquet files, then `new.parquet` with the next `new` events."""
     import polars as pl
 
-    from rec_pipeline.core.event_files import write_events
-    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.ingest.event_files import write_events
+    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 
     config = SimulatorConfig(seed=SEED, n_users=users, n_items=N_ITEMS, start=SIM_START)
     files, tail, offset = [], [], 0
@@ -117,9 +117,9 @@ def new_file(template: Path) -> Path:
 
 def run_step(step: str, template: Path, home_dir: Path, new: int, version: str | None) -> dict:
     """Imports first (timed apart), then the step; peak RSS covers the imports and this step only."""
-    from rec_pipeline.core.landing import land_trusted
-    from rec_pipeline.core.recommender import Recommender
-    from rec_pipeline.core.registry import ModelRegistry
+    from rec_pipeline.core.ingest.landing import land_trusted
+    from rec_pipeline.core.model.recommender import Recommender
+    from rec_pipeline.core.model.registry import ModelRegistry
 
     import_s = warm_imports()
     home, calls = settings(home_dir), time_candidates(Recommender)
@@ -142,7 +142,7 @@ def warm_imports() -> float:
     import lightgbm  # noqa: F401
     import tensorflow  # noqa: F401
 
-    import rec_pipeline.core.refresh  # noqa: F401
+    import rec_pipeline.core.model.refresh  # noqa: F401
     return time.perf_counter() - start
 
 
@@ -179,7 +179,7 @@ def time_candidates(recommender_class) -> list[tuple[int, float]]:
 
 
 def timed_refresh(home, registry) -> dict:
-    from rec_pipeline.core.refresh import refresh
+    from rec_pipeline.core.model.refresh import refresh
 
     start = time.perf_counter()
     result = refresh(home.warehouse(), registry, home.serving_path)
@@ -191,7 +191,7 @@ def timed_refresh(home, registry) -> dict:
 def timed_publish(home, registry, version: str) -> dict:
     """The model's top-K for every known user, published: `rollback` to the measured refresh's
     challenger does exactly that (load, verify, make champion, rank, explain, publish)."""
-    from rec_pipeline.core.refresh import rollback
+    from rec_pipeline.core.model.refresh import rollback
 
     start = time.perf_counter()
     published = rollback(home.warehouse(), registry, home.serving_path, version)

@@ -22,10 +22,10 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from rec_pipeline.core.evaluation import score_lists
-from rec_pipeline.core.movielens import load_movielens
-from rec_pipeline.core.refresh import order_by_score, popular_lists_from
-from rec_pipeline.core.replay import split, targets_and_seen
+from rec_pipeline.core.evaluation.scoring import score_lists
+from rec_pipeline.core.evaluation.movielens import load_movielens
+from rec_pipeline.core.model.refresh import order_by_score, popular_lists_from
+from rec_pipeline.core.evaluation.replay import split, targets_and_seen
 
 K, POOL, COVISIT_WINDOW, LAST_ITEMS = 10, 150, 5, 10
 HALF_LIVES_DAYS = (1, 3, 7, 14, 30, 60, None)  # None: all history, undecayed

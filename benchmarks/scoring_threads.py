@@ -32,7 +32,7 @@ def ranking_frame(n_users: int, n_cand: int, rng: np.random.Generator):
     """Candidates with every ranking feature (random values) and a label that depends on two of them."""
     import polars as pl
 
-    from rec_pipeline.core.ranking import RANKING_FEATURES
+    from rec_pipeline.core.model.ranking import RANKING_FEATURES
 
     n = n_users * n_cand
     columns = {f: rng.lognormal(0.0, 1.0, n) for f in RANKING_FEATURES}
@@ -45,7 +45,7 @@ def keras_fit() -> None:
     """A small retrieval fit, so TensorFlow's thread pools are up as they are in a refresh."""
     import polars as pl
 
-    from rec_pipeline.core.retrieval import RetrievalModel
+    from rec_pipeline.core.model.retrieval import RetrievalModel
 
     users, items = np.arange(50_000) % 500, (np.arange(50_000) * 7) % 300
     RetrievalModel.fit(pl.DataFrame({"user_id": users.astype(str), "item_id": items.astype(str), "weight": 1.0}))
@@ -54,7 +54,7 @@ def keras_fit() -> None:
 def run(args: argparse.Namespace) -> list[dict]:
     import dataclasses
 
-    from rec_pipeline.core.ranking import Ranker, RankerConfig
+    from rec_pipeline.core.model.ranking import Ranker, RankerConfig
 
     rng = np.random.default_rng(0)
     ranker = Ranker.fit(ranking_frame(2_000, 40, rng), RankerConfig(rounds=args.trees))

@@ -51,7 +51,7 @@ def make_file(kind: str, frame, folder: Path, name: str) -> tuple[Path, int]:
     """(path written aside, rows in it) for one file of `kind` made from simulated `frame`."""
     import polars as pl
 
-    from rec_pipeline.core.event_files import write_events
+    from rec_pipeline.core.ingest.event_files import write_events
 
     if kind == "unreadable":
         path = folder / f"{name}.parquet"
@@ -91,7 +91,7 @@ def reader(serving_path: str, stop, counts) -> None:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
     from rec_pipeline.dev_server import DagsterDev
 
     chunks = Simulator(SimulatorConfig(seed=0, n_users=5_000, n_items=2_000)).iter_event_chunks(

@@ -15,8 +15,8 @@ from rich.table import Table
 import duckdb
 
 from rec_pipeline.config import Settings
-from rec_pipeline.core.sources import FORMATS, UnsupportedFormatError, detect_format
-from rec_pipeline.core.warehouse import WarehouseLockedError
+from rec_pipeline.core.ingest.sources import FORMATS, UnsupportedFormatError, detect_format
+from rec_pipeline.core.ops.warehouse import WarehouseLockedError
 
 app = typer.Typer(
     help="rec_pipeline: land behaviour events, validate them and keep recommendations fresh.",
@@ -57,7 +57,7 @@ def simulate(
     file_format: Annotated[str, typer.Option("--format", help="jsonl, jsonl.gz, csv, csv.gz or parquet.")] = "jsonl",
 ) -> None:
     """Write simulated behaviour events into OUT."""
-    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 
     paths = Simulator(SimulatorConfig(seed=seed)).write_event_files(out, events, events_per_file, file_format)
     console.print(f"wrote {events} events in {len(paths)} file(s) to {out}")
@@ -78,8 +78,8 @@ def ingest(paths: Annotated[list[Path], typer.Argument(help="Event files or fold
 def status(as_json: JsonFlag = False) -> None:
     """Counts of events, rejected rows, users, items and batches in the warehouse; the age of the
     published recommendations and the last failed run."""
-    from rec_pipeline.core.operations import health
-    from rec_pipeline.core.status import warehouse_status
+    from rec_pipeline.core.ops.operations import health
+    from rec_pipeline.core.ops.status import warehouse_status
 
     with Settings.from_env().warehouse().connect() as con:
         counts = warehouse_status(con) | health(con, datetime.now(timezone.utc))
@@ -125,7 +125,7 @@ def drop(batch_id: str) -> None:
 
 
 def _decide(batch_id: str, decision: str) -> None:
-    from rec_pipeline.core.batches import set_operator_decision
+    from rec_pipeline.core.ingest.batches import set_operator_decision
 
     with Settings.from_env().warehouse().connect() as con:
         set_operator_decision(con, batch_id, decision)
@@ -139,9 +139,9 @@ def movielens(
     as_json: JsonFlag = False,
 ) -> None:
     """Land a MovieLens copy: ratings become `rating` events, movies become catalogue items."""
-    from rec_pipeline.core.catalogue import upsert_items
-    from rec_pipeline.core.event_files import write_events
-    from rec_pipeline.core.movielens import load_movielens
+    from rec_pipeline.core.ingest.catalogue import upsert_items
+    from rec_pipeline.core.ingest.event_files import write_events
+    from rec_pipeline.core.evaluation.movielens import load_movielens
 
     settings = Settings.from_env()
     data = load_movielens(path)
@@ -171,10 +171,10 @@ def replay(
     identical batches (DESIGN.md's protocol), in temporary homes."""
     import tempfile
 
-    from rec_pipeline.core.gate import GatePolicy
-    from rec_pipeline.core.refresh import RefreshConfig
-    from rec_pipeline.core.replay import ReplayConfig, load_log, write_report
-    from rec_pipeline.core.replay import replay as run_replay
+    from rec_pipeline.core.model.gate import GatePolicy
+    from rec_pipeline.core.model.refresh import RefreshConfig
+    from rec_pipeline.core.evaluation.replay import ReplayConfig, load_log, write_report
+    from rec_pipeline.core.evaluation.replay import replay as run_replay
 
     if not data.exists():
         raise UsageError(f"{data} does not exist")
@@ -248,7 +248,7 @@ def recommend(
     """A user's recommendations, read from serving.duckdb (never blocked by a running pipeline);
     an unknown user gets the trending list, marked as the fallback. Takes the raw id also when user
     ids are pseudonymized (it is hashed with the same key)."""
-    from rec_pipeline.core.pseudonymization import Pseudonymizer
+    from rec_pipeline.core.ops.pseudonymization import Pseudonymizer
 
     settings = Settings.from_env()
     if not settings.serving_path.exists():
@@ -277,7 +277,7 @@ def recommend(
 @one_line_errors
 def models(as_json: JsonFlag = False) -> None:
     """The model registry, newest first."""
-    from rec_pipeline.core.registry import ModelRegistry
+    from rec_pipeline.core.model.registry import ModelRegistry
 
     settings = Settings.from_env()
     with settings.warehouse().connect() as con:
@@ -298,8 +298,8 @@ def models(as_json: JsonFlag = False) -> None:
 @one_line_errors
 def rollback(version: str) -> None:
     """Make an earlier model version the champion again and republish its recommendations."""
-    from rec_pipeline.core.refresh import rollback as rollback_to
-    from rec_pipeline.core.registry import ModelRegistry
+    from rec_pipeline.core.model.refresh import rollback as rollback_to
+    from rec_pipeline.core.model.registry import ModelRegistry
 
     settings = Settings.from_env()
     published = rollback_to(settings.warehouse(), ModelRegistry(settings.models_dir), settings.serving_path, version)
@@ -311,9 +311,9 @@ def rollback(version: str) -> None:
 def forget(user_id: str, as_json: JsonFlag = False) -> None:
     """Remove a user from everything the pipeline holds (events, rejected rows, features, embedding
     rows in every model, recommendations, check metadata), republish, and audit it without the id."""
-    from rec_pipeline.core.forgetting import forget as forget_user
-    from rec_pipeline.core.pseudonymization import Pseudonymizer
-    from rec_pipeline.core.registry import ModelRegistry
+    from rec_pipeline.core.ops.forgetting import forget as forget_user
+    from rec_pipeline.core.ops.pseudonymization import Pseudonymizer
+    from rec_pipeline.core.model.registry import ModelRegistry
 
     settings = Settings.from_env()
     report = forget_user(settings.warehouse(), ModelRegistry(settings.models_dir), settings.serving_path, user_id,
@@ -337,10 +337,10 @@ def demo(
 ) -> None:
     """The online loop, batch by batch: simulate, land and validate, measure the champion, the
     popularity floor and the simulator's oracle on the batch before learning from it, refresh."""
-    from rec_pipeline.core.demo import batch_ndcg
-    from rec_pipeline.core.recommender import Recommender
-    from rec_pipeline.core.registry import ModelRegistry
-    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.evaluation.demo import batch_ndcg
+    from rec_pipeline.core.model.recommender import Recommender
+    from rec_pipeline.core.model.registry import ModelRegistry
+    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 
     settings = Settings.from_env()
     settings.ensure_dirs()
@@ -390,7 +390,7 @@ def run(
     """The main job on the embedded default: simulate the next EVENTS events of the seed's stream into
     $REC_PIPELINE_HOME/imports, land and validate each file through the landing job, print what
     landed. (The landing folder is left to the sensor, so a running `dagster dev` never races it.)"""
-    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 
     settings = Settings.from_env()
     settings.ensure_dirs()
@@ -411,7 +411,7 @@ def _simulated_so_far(settings: Settings, seed: int) -> int:
 
 
 def _write_simulated_files(simulator, folder: Path, seed: int, offset: int, events: int, per_file: int) -> list[Path]:
-    from rec_pipeline.core.event_files import write_events
+    from rec_pipeline.core.ingest.event_files import write_events
 
     new_events = simulator.events(offset + events).slice(offset)
     return [
@@ -421,7 +421,7 @@ def _write_simulated_files(simulator, folder: Path, seed: int, offset: int, even
 
 
 def _upsert_catalogue(settings: Settings, simulator) -> None:
-    from rec_pipeline.core.catalogue import upsert_items
+    from rec_pipeline.core.ingest.catalogue import upsert_items
 
     with settings.warehouse().connect() as con:
         upsert_items(con, simulator.catalogue())

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.core.ops.warehouse import Warehouse
 
 DEFAULT_HOME = "rec_pipeline_home"
 DEFAULT_MEMORY_LIMIT = "1GB"

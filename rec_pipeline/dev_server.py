@@ -20,7 +20,7 @@ from typing import TypeVar
 import duckdb
 import polars as pl
 
-from rec_pipeline.core.event_files import write_events
+from rec_pipeline.core.ingest.event_files import write_events
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.core.ops.warehouse import Warehouse
 
 FIXED_NOW = datetime(2024, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
 

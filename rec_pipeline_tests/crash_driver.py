@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 from rec_pipeline.config import Settings
-from rec_pipeline.core.landing import land_file
-from rec_pipeline.core.ranking import RankerConfig
-from rec_pipeline.core.refresh import RefreshConfig, refresh
-from rec_pipeline.core.registry import ModelRegistry
+from rec_pipeline.core.ingest.landing import land_file
+from rec_pipeline.core.model.ranking import RankerConfig
+from rec_pipeline.core.model.refresh import RefreshConfig, refresh
+from rec_pipeline.core.model.registry import ModelRegistry
 
 CONFIG = RefreshConfig(ranker=RankerConfig(rounds=20, continue_rounds=10), ranker_users=300, eval_users=300)
 

@@ -10,9 +10,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from rec_pipeline.core.event_files import write_events
-from rec_pipeline.core.simulator import Simulator, SimulatorConfig
-from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.core.ingest.event_files import write_events
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
+from rec_pipeline.core.ops.warehouse import Warehouse
 from rec_pipeline.defs.ingest.runner import land_through_dagster
 from rec_pipeline.defs.resources import PipelineResource
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.core.ops.warehouse import Warehouse
 from rec_pipeline.defs.ingest.runner import land_through_dagster
 from rec_pipeline.defs.ingest.sensors import landing_sensor
 from rec_pipeline.defs.resources import PipelineResource
@@ -192,7 +192,7 @@ def test_a_partition_naming_a_file_outside_the_landing_folder_is_refused(definit
 
 def test_a_crash_after_landing_is_retried_and_the_batch_validated(definitions, home, monkeypatch):
     """Validation failing once (e.g. a lock timeout) must not leave the batch pending for good."""
-    from rec_pipeline.core import quality
+    from rec_pipeline.core.ingest import quality
 
     real_validate, calls = quality.validate_batch, []
 
@@ -218,7 +218,7 @@ def test_a_crash_after_landing_is_retried_and_the_batch_validated(definitions, h
 
 def test_with_a_key_no_raw_user_id_reaches_the_warehouse_or_dagsters_event_log(definitions, home, tmp_path,
                                                                                 monkeypatch):
-    from rec_pipeline.core.pseudonymization import KEY_ENV, Pseudonymizer
+    from rec_pipeline.core.ops.pseudonymization import KEY_ENV, Pseudonymizer
 
     monkeypatch.setenv(KEY_ENV, "a-test-key-that-is-long-enough-32b")
     rows = [row | {"user_id": f"person-{i % 7}@example.com"} for i, row in enumerate(good_rows(50))]

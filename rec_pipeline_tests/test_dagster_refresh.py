@@ -3,10 +3,10 @@
 import dagster as dg
 import pytest
 
-from rec_pipeline.core import refresh as refresh_module
-from rec_pipeline.core.event_files import write_events
-from rec_pipeline.core.gate import GateDecision
-from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+from rec_pipeline.core.model import refresh as refresh_module
+from rec_pipeline.core.ingest.event_files import write_events
+from rec_pipeline.core.model.gate import GateDecision
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 from rec_pipeline.defs.ingest.runner import land_through_dagster
 from rec_pipeline.defs.resources import PipelineResource
 

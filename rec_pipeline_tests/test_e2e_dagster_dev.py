@@ -14,7 +14,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 from rec_pipeline.dev_server import DagsterDev, wait_for
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from rec_pipeline.core.contract import EVENT_SCHEMA
-from rec_pipeline.core.event_files import event_file_format, write_events
+from rec_pipeline.core.ingest.contract import EVENT_SCHEMA
+from rec_pipeline.core.ingest.event_files import event_file_format, write_events
 
 UTC = timezone.utc
 SUFFIXES = [".jsonl", ".jsonl.gz", ".csv", ".csv.gz", ".parquet"]

@@ -10,9 +10,9 @@ import duckdb
 import polars as pl
 import pytest
 
-from rec_pipeline.core.catalogue import upsert_items
-from rec_pipeline.core.contract import EVENT_SCHEMA
-from rec_pipeline.core.features import (
+from rec_pipeline.core.ingest.catalogue import upsert_items
+from rec_pipeline.core.ingest.contract import EVENT_SCHEMA
+from rec_pipeline.core.model.features import (
     FeatureConfig,
     FeatureConfigError,
     FeatureUpdate,
@@ -21,8 +21,8 @@ from rec_pipeline.core.features import (
     update_features,
     user_item_features,
 )
-from rec_pipeline.core.simulator import Simulator, SimulatorConfig
-from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
+from rec_pipeline.core.ops.warehouse import Warehouse
 
 UTC = timezone.utc
 T = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

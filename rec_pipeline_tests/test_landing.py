@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rec_pipeline.core import sources
-from rec_pipeline.core.contract import EventContract
-from rec_pipeline.core.landing import LandingReport, land_file, land_trusted
-from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.core.ingest import sources
+from rec_pipeline.core.ingest.contract import EventContract
+from rec_pipeline.core.ingest.landing import LandingReport, land_file, land_trusted
+from rec_pipeline.core.ops.warehouse import Warehouse
 
 UTC = timezone.utc
 T = "2024-01-01T10:00:00Z"
@@ -1040,7 +1040,7 @@ def test_record_numbers_stay_exact_in_a_file_read_in_parallel(warehouse, land, w
 
 def test_an_accounting_mismatch_rolls_the_whole_batch_back(warehouse, write_file, monkeypatch):
     """If the counts disagree after the inserts, nothing of the file stays in the warehouse."""
-    from rec_pipeline.core import landing
+    from rec_pipeline.core.ingest import landing
 
     real_insert = landing._insert_new_events
 

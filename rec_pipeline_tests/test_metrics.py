@@ -1,4 +1,4 @@
-"""Tests of the ranking metrics (rec_pipeline.core.metrics).
+"""Tests of the ranking metrics (rec_pipeline.core.evaluation.metrics).
 
 Hand-computed cases spell out their arithmetic; ranx (an established IR evaluation library, test
 extra) cross-checks NDCG@k and Recall@k on random cases with |target| <= k, where ranx's recall
@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rec_pipeline.core.metrics import (
+from rec_pipeline.core.evaluation.metrics import (
     PAD,
     RankingMetrics,
     catalogue_coverage,

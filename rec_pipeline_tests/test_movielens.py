@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from rec_pipeline.core.contract import CATALOGUE_SCHEMA, EVENT_SCHEMA
-from rec_pipeline.core.movielens import (
+from rec_pipeline.core.ingest.contract import CATALOGUE_SCHEMA, EVENT_SCHEMA
+from rec_pipeline.core.evaluation.movielens import (
     MovieLensData,
     MovieLensError,
     detect_layout,

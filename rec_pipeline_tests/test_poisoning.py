@@ -11,13 +11,13 @@ import polars as pl
 import pytest
 
 from rec_pipeline.config import Settings
-from rec_pipeline.core.catalogue import upsert_items
-from rec_pipeline.core.event_files import write_events
-from rec_pipeline.core.landing import land_trusted
-from rec_pipeline.core.operations import health
-from rec_pipeline.core.refresh import refresh
-from rec_pipeline.core.registry import ModelRegistry
-from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+from rec_pipeline.core.ingest.catalogue import upsert_items
+from rec_pipeline.core.ingest.event_files import write_events
+from rec_pipeline.core.ingest.landing import land_trusted
+from rec_pipeline.core.ops.operations import health
+from rec_pipeline.core.model.refresh import refresh
+from rec_pipeline.core.model.registry import ModelRegistry
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 from rec_pipeline.defs.ingest.runner import land_through_dagster
 
 pytestmark = pytest.mark.slow

@@ -13,17 +13,17 @@ from typer.testing import CliRunner
 
 from rec_pipeline.cli import app
 from rec_pipeline.config import Settings
-from rec_pipeline.core.catalogue import upsert_items
-from rec_pipeline.core.event_files import write_events
-from rec_pipeline.core.features import FeatureConfig, update_features
-from rec_pipeline.core.forgetting import forget
-from rec_pipeline.core.landing import land_file, land_trusted
-from rec_pipeline.core.pseudonymization import KEY_ENV, KEY_FILE_ENV, PseudonymizationKeyError, Pseudonymizer
-from rec_pipeline.core.recommender import Recommender
-from rec_pipeline.core.refresh import RefreshConfig, refresh
-from rec_pipeline.core.registry import ModelRegistry
-from rec_pipeline.core.simulator import Simulator, SimulatorConfig
-from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.core.ingest.catalogue import upsert_items
+from rec_pipeline.core.ingest.event_files import write_events
+from rec_pipeline.core.model.features import FeatureConfig, update_features
+from rec_pipeline.core.ops.forgetting import forget
+from rec_pipeline.core.ingest.landing import land_file, land_trusted
+from rec_pipeline.core.ops.pseudonymization import KEY_ENV, KEY_FILE_ENV, PseudonymizationKeyError, Pseudonymizer
+from rec_pipeline.core.model.recommender import Recommender
+from rec_pipeline.core.model.refresh import RefreshConfig, refresh
+from rec_pipeline.core.model.registry import ModelRegistry
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
+from rec_pipeline.core.ops.warehouse import Warehouse
 
 KEY = b"k" * 32
 CONFIG = RefreshConfig(ranker_users=300, eval_users=300)
@@ -197,7 +197,7 @@ def test_forget_also_removes_unparseable_rejected_lines_that_name_the_user(tmp_p
 
 
 def test_a_forget_that_fails_part_way_changes_nothing(served, monkeypatch):
-    import rec_pipeline.core.forgetting as forgetting
+    import rec_pipeline.core.ops.forgetting as forgetting
 
     settings, registry, events = served
     user = raw_ids(events)[2]

@@ -9,7 +9,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from rec_pipeline.core.publish import publish_serving, replace_recommendations
+from rec_pipeline.core.model.publish import publish_serving, replace_recommendations
 
 USERS, K = 500, 20
 

@@ -1,4 +1,4 @@
-"""Tests of the batch quality checks (rec_pipeline.core.quality).
+"""Tests of the batch quality checks (rec_pipeline.core.ingest.quality).
 
 Batches are built with Polars expressions (cheap); the GX import and suite build (~4 s) are paid once
 per test session through the module-level cache.
@@ -13,9 +13,9 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from rec_pipeline.core import quality
-from rec_pipeline.core.contract import EVENT_SCHEMA, EventContract
-from rec_pipeline.core.quality import (
+from rec_pipeline.core.ingest import quality
+from rec_pipeline.core.ingest.contract import EVENT_SCHEMA, EventContract
+from rec_pipeline.core.ingest.quality import (
     CHECK_SPECS,
     BatchProfile,
     CheckOutcome,

@@ -1,4 +1,4 @@
-"""Tests of the LightGBM ranker (rec_pipeline.core.ranking), on synthetic candidate sets only.
+"""Tests of the LightGBM ranker (rec_pipeline.core.model.ranking), on synthetic candidate sets only.
 
 The generator draws, per user, ``n_cand`` candidates with every ranking feature; the label is a
 Bernoulli draw whose logit depends on a few features (by default item_trending, user_cat_share and
@@ -17,8 +17,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rec_pipeline.core.metrics import ndcg_at_k
-from rec_pipeline.core.ranking import (
+from rec_pipeline.core.evaluation.metrics import ndcg_at_k
+from rec_pipeline.core.model.ranking import (
     DEFAULT_REASON,
     RANKING_FEATURES,
     REASON_PHRASES,
@@ -289,7 +289,7 @@ def test_score_requires_the_features_and_derives_the_event_type_weight(ranker: R
 
 
 def test_importing_the_module_does_not_import_lightgbm() -> None:
-    code = "import sys, rec_pipeline.core.ranking; assert 'lightgbm' not in sys.modules"
+    code = "import sys, rec_pipeline.core.model.ranking; assert 'lightgbm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -10,15 +10,15 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from rec_pipeline.config import Settings
-from rec_pipeline.core.catalogue import upsert_items
-from rec_pipeline.core.event_files import write_events
-from rec_pipeline.core.landing import land_trusted
-from rec_pipeline.core.ranking import RankerConfig
-from rec_pipeline.core.evaluation import seen_items
-from rec_pipeline.core.recommender import Recommender, popular_items
-from rec_pipeline.core.refresh import RefreshConfig, refresh, rollback
-from rec_pipeline.core.registry import ModelRegistry
-from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+from rec_pipeline.core.ingest.catalogue import upsert_items
+from rec_pipeline.core.ingest.event_files import write_events
+from rec_pipeline.core.ingest.landing import land_trusted
+from rec_pipeline.core.model.ranking import RankerConfig
+from rec_pipeline.core.evaluation.scoring import seen_items
+from rec_pipeline.core.model.recommender import Recommender, popular_items
+from rec_pipeline.core.model.refresh import RefreshConfig, refresh, rollback
+from rec_pipeline.core.model.registry import ModelRegistry
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 
 BATCH = 10_000
 CONFIG = RefreshConfig(ranker=RankerConfig(rounds=30),
@@ -102,7 +102,7 @@ def test_publishing_in_user_chunks_gives_the_same_table(loop):
 def test_a_worse_challenger_is_rejected_and_the_published_table_is_unchanged(loop, monkeypatch):
     """A challenger whose retrieval learnt from shuffled interactions must not replace the champion."""
     settings, registry, events = loop
-    from rec_pipeline.core import refresh as refresh_module
+    from rec_pipeline.core.model import refresh as refresh_module
 
     real = refresh_module.interactions_from_events
 
@@ -150,7 +150,7 @@ def test_candidates_add_popular_items_the_user_has_not_touched(loop):
 
 
 def test_rankers_learn_only_events_their_features_and_retrieval_had_not_seen(tmp_path, monkeypatch):
-    import rec_pipeline.core.refresh as refresh_module
+    import rec_pipeline.core.model.refresh as refresh_module
 
     settings = Settings(home=tmp_path / "home")
     settings.ensure_dirs()
@@ -182,7 +182,7 @@ def test_rankers_learn_only_events_their_features_and_retrieval_had_not_seen(tmp
 
 def test_a_refresh_that_fails_part_way_changes_nothing(tmp_path, monkeypatch):
     """Features are updated early in a refresh; a later failure must roll them back with the rest."""
-    from rec_pipeline.core import refresh as refresh_module
+    from rec_pipeline.core.model import refresh as refresh_module
 
     settings = Settings(home=tmp_path / "home")
     settings.ensure_dirs()

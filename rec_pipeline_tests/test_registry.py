@@ -2,7 +2,7 @@
 
 import pytest
 
-from rec_pipeline.core.registry import ArtifactError, ModelRegistry, new_version
+from rec_pipeline.core.model.registry import ArtifactError, ModelRegistry, new_version
 
 
 @pytest.fixture

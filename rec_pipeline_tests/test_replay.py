@@ -10,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from rec_pipeline.cli import app
-from rec_pipeline.core import replay as replay_module
-from rec_pipeline.core.event_files import write_events
-from rec_pipeline.core.ranking import RankerConfig
-from rec_pipeline.core.refresh import RefreshConfig
-from rec_pipeline.core.replay import ReplayConfig, replay, split, targets_and_seen
-from rec_pipeline.core.retrieval import RetrievalConfig
-from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+from rec_pipeline.core.evaluation import replay as replay_module
+from rec_pipeline.core.ingest.event_files import write_events
+from rec_pipeline.core.model.ranking import RankerConfig
+from rec_pipeline.core.model.refresh import RefreshConfig
+from rec_pipeline.core.evaluation.replay import ReplayConfig, replay, split, targets_and_seen
+from rec_pipeline.core.model.retrieval import RetrievalConfig
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 
 MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "movielens-100k"
 FAST = RefreshConfig(retrieval=RetrievalConfig(epochs=2, warm_epochs=1), ranker=RankerConfig(rounds=20),
@@ -120,7 +120,7 @@ def test_an_unknown_policy_is_refused_in_one_line(tmp_path):
 @pytest.mark.skipif(not MOVIELENS.exists(), reason=f"MovieLens-100K not found at {MOVIELENS}")
 def test_recent_popularity_on_movielens_matches_the_reference_figure(tmp_path):
     """DESIGN.md measured recent popularity at NDCG@10 ~ 0.27 under this protocol on MovieLens-100K."""
-    from rec_pipeline.core.movielens import load_movielens
+    from rec_pipeline.core.evaluation.movielens import load_movielens
 
     data = load_movielens(MOVIELENS)
     result = replay(data.events, data.items, tmp_path, ReplayConfig(policies=("popularity", "recent_popularity")))

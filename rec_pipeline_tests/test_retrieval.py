@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rec_pipeline.core.retrieval import (
+from rec_pipeline.core.model.retrieval import (
     RetrievalConfig,
     RetrievalModel,
     interactions_from_events,
@@ -84,7 +84,7 @@ def test_beats_popularity_on_held_out_interactions(model, data) -> None:
 
 
 def test_module_import_does_not_import_tensorflow() -> None:
-    code = ("import sys, rec_pipeline.core.retrieval as r; "
+    code = ("import sys, rec_pipeline.core.model.retrieval as r; "
             "assert not {'tensorflow', 'keras', 'dagster'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -265,7 +265,7 @@ def test_config_validation() -> None:
 
 
 def test_beats_popularity_on_simulator_time_split() -> None:
-    from rec_pipeline.core.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 
     events = Simulator(SimulatorConfig(seed=5, n_users=1000, n_items=500, events_per_day=20_000)).events(100_000)
     cut = events["ts"].sort()[int(0.8 * events.height)]

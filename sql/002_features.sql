@@ -1,4 +1,4 @@
--- Features: incremental time-decayed state (rec_pipeline/core/features.py).
+-- Features: incremental time-decayed state (rec_pipeline/core/model/features.py).
 -- Every log_* column stores log Σ w·exp(ln2·(ts − T0)/h) over a key's events, with T0 and the
 -- half-life h recorded in feature_config; its value at time t is exp(log_* − ln2·(t − T0)/h).
 -- A refresh rewrites only the rows of the keys in the new events (delete-then-insert, one

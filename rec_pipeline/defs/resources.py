@@ -3,7 +3,7 @@ from pathlib import Path
 import dagster as dg
 
 from rec_pipeline.config import DEFAULT_MEMORY_LIMIT, Settings
-from rec_pipeline.core.warehouse import Warehouse
+from rec_pipeline.core.ops.warehouse import Warehouse
 
 # Every step that opens the warehouse file joins this pool; dagster.yaml gives pools one slot,
 # because DuckDB allows one writing process per file.

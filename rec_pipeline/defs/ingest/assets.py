@@ -5,10 +5,10 @@ import polars as pl
 from pydantic import Field
 
 from rec_pipeline.config import Settings
-from rec_pipeline.core import batches, quality
-from rec_pipeline.core.landing import LandingReport, land_file
-from rec_pipeline.core.landing_folder import archive_file
-from rec_pipeline.core.pseudonymization import Pseudonymizer
+from rec_pipeline.core.ingest import batches, quality
+from rec_pipeline.core.ingest.landing import LandingReport, land_file
+from rec_pipeline.core.ingest.landing_folder import archive_file
+from rec_pipeline.core.ops.pseudonymization import Pseudonymizer
 from rec_pipeline.defs.ingest.partitions import event_batches
 from rec_pipeline.defs.resources import WAREHOUSE_POOL, PipelineResource
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from rec_pipeline.core.landing import LandingReport, batch_id_for, file_sha256
+from rec_pipeline.core.ingest.landing import LandingReport, batch_id_for, file_sha256
 from rec_pipeline.defs.ingest.partitions import event_batches
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")

@@ -3,7 +3,7 @@ import time
 
 import dagster as dg
 
-from rec_pipeline.core.landing_folder import FileState, scan_landing_folder
+from rec_pipeline.core.ingest.landing_folder import FileState, scan_landing_folder
 from rec_pipeline.defs.defaults import SENSOR_STATUS
 from rec_pipeline.defs.ingest.jobs import land_events_job
 from rec_pipeline.defs.ingest.partitions import event_batches

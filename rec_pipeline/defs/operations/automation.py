@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from rec_pipeline.core.operations import housekeeping, post_alert, record_failure
-from rec_pipeline.core.registry import ModelRegistry
+from rec_pipeline.core.ops.operations import housekeeping, post_alert, record_failure
+from rec_pipeline.core.model.registry import ModelRegistry
 from rec_pipeline.defs.defaults import SCHEDULE_STATUS, SENSOR_STATUS, SETTINGS
 from rec_pipeline.defs.resources import WAREHOUSE_POOL, PipelineResource
 

@@ -4,8 +4,8 @@ import dagster as dg
 import polars as pl
 
 from rec_pipeline.config import Settings
-from rec_pipeline.core.refresh import RefreshResult, refresh
-from rec_pipeline.core.registry import ModelRegistry
+from rec_pipeline.core.model.refresh import RefreshResult, refresh
+from rec_pipeline.core.model.registry import ModelRegistry
 from rec_pipeline.defs.defaults import SETTINGS
 from rec_pipeline.defs.resources import WAREHOUSE_POOL, PipelineResource
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from rec_pipeline.core.warehouse import transaction
+from rec_pipeline.core.ops.warehouse import transaction
 
 
 class ArtifactError(RuntimeError):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rec_pipeline.core.contract import CATALOGUE_SCHEMA, EVENT_SCHEMA
+from rec_pipeline.core.ingest.contract import CATALOGUE_SCHEMA, EVENT_SCHEMA
 
 __all__ = [
     "LAYOUTS",

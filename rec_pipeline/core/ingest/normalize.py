@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rec_pipeline.core.contract import EventContract
-from rec_pipeline.core.sources import WHITESPACE
+from rec_pipeline.core.ingest.contract import EventContract
+from rec_pipeline.core.ingest.sources import WHITESPACE
 
 # Epoch numbers at or above this are milliseconds: 1e11 seconds is the year 5138, 1e11 ms is 1973.
 EPOCH_MILLIS_FROM = 1e11

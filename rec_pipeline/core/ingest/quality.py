@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from rec_pipeline.core.contract import EVENT_COLUMNS, EventContract
+from rec_pipeline.core.ingest.contract import EVENT_COLUMNS, EventContract
 
 Metadata = dict[str, int | float | str | list | None]
 

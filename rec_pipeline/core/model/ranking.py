@@ -70,7 +70,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from rec_pipeline.core.contract import DEFAULT_EVENT_WEIGHTS
+from rec_pipeline.core.ingest.contract import DEFAULT_EVENT_WEIGHTS
 
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE = "ranker.txt", "ranker.json"

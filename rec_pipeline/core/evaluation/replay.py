@@ -40,13 +40,13 @@ import numpy as np
 import polars as pl
 
 from rec_pipeline.config import Settings
-from rec_pipeline.core.catalogue import upsert_items
-from rec_pipeline.core.evaluation import score_lists
-from rec_pipeline.core.event_files import write_events
-from rec_pipeline.core.landing import land_file, land_trusted
-from rec_pipeline.core.recommender import Recommender
-from rec_pipeline.core.refresh import RefreshConfig, model_lists, popular_lists, popular_lists_from, refresh
-from rec_pipeline.core.registry import ModelRegistry
+from rec_pipeline.core.ingest.catalogue import upsert_items
+from rec_pipeline.core.evaluation.scoring import score_lists
+from rec_pipeline.core.ingest.event_files import write_events
+from rec_pipeline.core.ingest.landing import land_file, land_trusted
+from rec_pipeline.core.model.recommender import Recommender
+from rec_pipeline.core.model.refresh import RefreshConfig, model_lists, popular_lists, popular_lists_from, refresh
+from rec_pipeline.core.model.registry import ModelRegistry
 
 POLICIES = ("online", "static", "full_retrain", "popularity", "recent_popularity", "ials")
 MODEL_POLICIES = ("online", "static", "full_retrain")
@@ -241,9 +241,9 @@ def load_log(path: Path, workdir: Path) -> tuple[pl.DataFrame, pl.DataFrame | No
     """(events, catalogue or None) from a MovieLens folder in any supported layout, or from one event
     file landed through the pipeline's contract into a scratch warehouse (bad rows are left out, as
     landing quarantines them)."""
-    from rec_pipeline.core.contract import EVENT_COLUMNS
-    from rec_pipeline.core.movielens import load_movielens
-    from rec_pipeline.core.warehouse import Warehouse
+    from rec_pipeline.core.ingest.contract import EVENT_COLUMNS
+    from rec_pipeline.core.evaluation.movielens import load_movielens
+    from rec_pipeline.core.ops.warehouse import Warehouse
 
     if path.is_dir():
         data = load_movielens(path)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import duckdb
 
-from rec_pipeline.core.registry import ModelRegistry
-from rec_pipeline.core.warehouse import transaction
+from rec_pipeline.core.model.registry import ModelRegistry
+from rec_pipeline.core.ops.warehouse import transaction
 
 ALERT_TIMEOUT_S = 5.0
 

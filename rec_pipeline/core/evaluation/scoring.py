@@ -6,7 +6,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from rec_pipeline.core.metrics import PAD, RankingMetrics, evaluate
+from rec_pipeline.core.evaluation.metrics import PAD, RankingMetrics, evaluate
 
 
 def slice_targets(con: duckdb.DuckDBPyConnection, events: pl.DataFrame) -> pl.DataFrame:

@@ -12,11 +12,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import duckdb
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+# The repository's top-level sql/ folder, shipped in the package as rec_pipeline/sql (a link to it
+# in a checkout, a copy in a wheel).
+SQL_DIR: Traversable = files("rec_pipeline") / "sql"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
@@ -24,26 +28,23 @@ class WarehouseLockedError(RuntimeError):
     """Another process held the warehouse file for longer than the lock timeout."""
 
 
-def migration_files(sql_dir: Path = SQL_DIR) -> list[tuple[int, Path]]:
-    """The numbered `NNN_name.sql` files in order; anything else in the folder is an error."""
+def migration_files(sql_dir: Traversable = SQL_DIR) -> list[tuple[int, Traversable]]:
+    """The numbered `NNN_name.sql` files in order; anything else ending in .sql is an error."""
     migrations = []
-    for path in sorted(sql_dir.glob("*.sql")):
+    for path in sorted((p for p in sql_dir.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
         match = _MIGRATION_NAME.match(path.name)
         if not match:
             raise ValueError(f"{path}: migration files are named NNN_lower_snake.sql")
         migrations.append((int(match.group(1)), path))
     if not migrations:
-        raise FileNotFoundError(
-            f"no migrations in {sql_dir}: rec_pipeline reads its DDL from the repository's sql/ folder,"
-            " so install it from a checkout with `pip install -e .`"
-        )
+        raise FileNotFoundError(f"no migrations in {sql_dir}: the rec_pipeline package is incomplete")
     versions = [version for version, _ in migrations]
     if versions != list(range(1, len(versions) + 1)):
         raise ValueError(f"{sql_dir}: migration versions must run 1..N without gaps, got {versions}")
     return migrations
 
 
-def apply_migrations(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list[int]:
+def apply_migrations(con: duckdb.DuckDBPyConnection, sql_dir: Traversable = SQL_DIR) -> list[int]:
     """Apply each migration not yet recorded in `schema_migrations`, each in its own transaction."""
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -100,7 +101,7 @@ class Warehouse:
     to date. `memory_limit` caps the memory of the DuckDB instance each connection opens."""
 
     def __init__(
-        self, path: Path, lock_timeout_s: float = 120.0, memory_limit: str = "1GB", sql_dir: Path = SQL_DIR
+        self, path: Path, lock_timeout_s: float = 120.0, memory_limit: str = "1GB", sql_dir: Traversable = SQL_DIR
     ):
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s

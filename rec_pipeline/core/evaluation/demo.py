@@ -9,11 +9,11 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from rec_pipeline.core.evaluation import score_lists, seen_items, slice_targets
-from rec_pipeline.core.metrics import top_k_excluding
-from rec_pipeline.core.recommender import Recommender
-from rec_pipeline.core.refresh import RefreshConfig, model_lists, popular_lists, sample_users
-from rec_pipeline.core.simulator import Simulator
+from rec_pipeline.core.evaluation.scoring import score_lists, seen_items, slice_targets
+from rec_pipeline.core.evaluation.metrics import top_k_excluding
+from rec_pipeline.core.model.recommender import Recommender
+from rec_pipeline.core.model.refresh import RefreshConfig, model_lists, popular_lists, sample_users
+from rec_pipeline.core.evaluation.simulator import Simulator
 
 
 def batch_ndcg(con: duckdb.DuckDBPyConnection, models: Mapping[str, Recommender | None], simulator: Simulator,

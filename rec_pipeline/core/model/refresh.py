@@ -29,16 +29,16 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from rec_pipeline.core.evaluation import score_lists, seen_items, slice_targets
-from rec_pipeline.core.features import FeatureConfig, update_features
-from rec_pipeline.core.gate import GateDecision, GatePolicy, decide
-from rec_pipeline.core.metrics import RankingMetrics
-from rec_pipeline.core.publish import publish_serving, replace_recommendations
-from rec_pipeline.core.ranking import Ranker, RankerConfig, label_candidates
-from rec_pipeline.core.recommender import FALLBACK, Recommender, order_by_score, popular_items, with_features
-from rec_pipeline.core.registry import ModelRegistry, new_version
-from rec_pipeline.core.retrieval import RetrievalConfig, RetrievalModel, interactions_from_events
-from rec_pipeline.core.warehouse import Warehouse, transaction
+from rec_pipeline.core.evaluation.scoring import score_lists, seen_items, slice_targets
+from rec_pipeline.core.model.features import FeatureConfig, update_features
+from rec_pipeline.core.model.gate import GateDecision, GatePolicy, decide
+from rec_pipeline.core.evaluation.metrics import RankingMetrics
+from rec_pipeline.core.model.publish import publish_serving, replace_recommendations
+from rec_pipeline.core.model.ranking import Ranker, RankerConfig, label_candidates
+from rec_pipeline.core.model.recommender import FALLBACK, Recommender, order_by_score, popular_items, with_features
+from rec_pipeline.core.model.registry import ModelRegistry, new_version
+from rec_pipeline.core.model.retrieval import RetrievalConfig, RetrievalModel, interactions_from_events
+from rec_pipeline.core.ops.warehouse import Warehouse, transaction
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,8 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 import polars as pl
 
-from rec_pipeline.core.contract import DEFAULT_EVENT_WEIGHTS, EVENT_SCHEMA
-from rec_pipeline.core.warehouse import transaction
+from rec_pipeline.core.ingest.contract import DEFAULT_EVENT_WEIGHTS, EVENT_SCHEMA
+from rec_pipeline.core.ops.warehouse import transaction
 
 UTC = timezone.utc
 LN2 = math.log(2.0)

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rec_pipeline.core.contract import DEFAULT_EVENT_WEIGHTS
+from rec_pipeline.core.ingest.contract import DEFAULT_EVENT_WEIGHTS
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE, VOCAB_FILE, CONFIG_FILE = "weights.npz", "vocab.json", "config.json"

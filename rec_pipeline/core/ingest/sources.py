@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from rec_pipeline.core.contract import EVENT_COLUMNS
+from rec_pipeline.core.ingest.contract import EVENT_COLUMNS
 
 FORMATS = {
     ".jsonl": "jsonl",

@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rec_pipeline.core.contract import CATALOGUE_SCHEMA, EVENT_SCHEMA
-from rec_pipeline.core.event_files import write_events
+from rec_pipeline.core.ingest.contract import CATALOGUE_SCHEMA, EVENT_SCHEMA
+from rec_pipeline.core.ingest.event_files import write_events
 
 UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

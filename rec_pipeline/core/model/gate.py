@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rec_pipeline.core.metrics import RankingMetrics
+from rec_pipeline.core.evaluation.metrics import RankingMetrics
 
 _LABELS = {"recall": "Recall", "ndcg": "NDCG"}
 

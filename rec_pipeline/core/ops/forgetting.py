@@ -13,12 +13,12 @@ from pathlib import Path
 
 import duckdb
 
-from rec_pipeline.core.features import FeatureConfig, forget_users
-from rec_pipeline.core.pseudonymization import Pseudonymizer
-from rec_pipeline.core.publish import publish_serving
-from rec_pipeline.core.recommender import Recommender
-from rec_pipeline.core.registry import ModelRegistry
-from rec_pipeline.core.warehouse import Warehouse, transaction
+from rec_pipeline.core.model.features import FeatureConfig, forget_users
+from rec_pipeline.core.ops.pseudonymization import Pseudonymizer
+from rec_pipeline.core.model.publish import publish_serving
+from rec_pipeline.core.model.recommender import Recommender
+from rec_pipeline.core.model.registry import ModelRegistry
+from rec_pipeline.core.ops.warehouse import Warehouse, transaction
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import duckdb
 import polars as pl
 
-from rec_pipeline.core.contract import CATALOGUE_SCHEMA
+from rec_pipeline.core.ingest.contract import CATALOGUE_SCHEMA
 
 
 def upsert_items(con: duckdb.DuckDBPyConnection, items: pl.DataFrame, now: datetime | None = None) -> int:

@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 import duckdb
 import polars as pl
 
-from rec_pipeline.core.contract import EVENT_COLUMNS, EVENT_SCHEMA
-from rec_pipeline.core.quality import BatchProfile, CheckOutcome
-from rec_pipeline.core.warehouse import transaction
+from rec_pipeline.core.ingest.contract import EVENT_COLUMNS, EVENT_SCHEMA
+from rec_pipeline.core.ingest.quality import BatchProfile, CheckOutcome
+from rec_pipeline.core.ops.warehouse import transaction
 
 _FIELDS = ", ".join(EVENT_COLUMNS)
 

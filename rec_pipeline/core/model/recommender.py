@@ -11,9 +11,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from rec_pipeline.core.features import FeatureConfig, item_popularity_at, user_item_features
-from rec_pipeline.core.ranking import Ranker
-from rec_pipeline.core.retrieval import RetrievalModel
+from rec_pipeline.core.model.features import FeatureConfig, item_popularity_at, user_item_features
+from rec_pipeline.core.model.ranking import Ranker
+from rec_pipeline.core.model.retrieval import RetrievalModel
 
 RETRIEVAL_DIR, RANKER_DIR = "retrieval", "ranker"
 FALLBACK = "fallback"

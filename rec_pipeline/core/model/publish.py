@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from rec_pipeline.core.warehouse import transaction
+from rec_pipeline.core.ops.warehouse import transaction
 
 RECOMMENDATION_SCHEMA: dict[str, pl.DataType] = {
     "user_id": pl.String(),

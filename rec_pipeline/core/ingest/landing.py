@@ -22,10 +22,10 @@ from typing import Literal
 import duckdb
 import polars as pl
 
-from rec_pipeline.core.contract import EventContract
-from rec_pipeline.core.normalize import CONTENT_EVENT_ID, contract_parameters, normalize_sql
-from rec_pipeline.core.pseudonymization import Pseudonymizer
-from rec_pipeline.core.sources import (
+from rec_pipeline.core.ingest.contract import EventContract
+from rec_pipeline.core.ingest.normalize import CONTENT_EVENT_ID, contract_parameters, normalize_sql
+from rec_pipeline.core.ops.pseudonymization import Pseudonymizer
+from rec_pipeline.core.ingest.sources import (
     REJECTS_TABLE,
     UnreadableFileError,
     UnsupportedFormatError,
@@ -34,7 +34,7 @@ from rec_pipeline.core.sources import (
     format_suffix,
     record_source,
 )
-from rec_pipeline.core.warehouse import Warehouse, transaction
+from rec_pipeline.core.ops.warehouse import Warehouse, transaction
 
 # Errors that mean "this file cannot be read"; anything else is a bug and propagates.
 UNREADABLE_FILE_ERRORS = (
