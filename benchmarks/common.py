@@ -8,11 +8,13 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks drive `dagster dev` with the tests' driver, rec_pipeline_tests.dagster_dev
 
 
 def peak_rss_mib() -> float:
@@ -76,9 +78,9 @@ def fmt_load(load: list[float]) -> str:
 
 def scratch_home(folder: Path, catalogue):
     """(Settings, ModelRegistry) of a new pipeline home in `folder` whose warehouse knows `catalogue`."""
-    from rec_pipeline.config import Settings
     from rec_pipeline.core.ingest.catalogue import upsert_items
     from rec_pipeline.core.model.registry import ModelRegistry
+    from rec_pipeline.settings import Settings
 
     settings = Settings(home=Path(folder))
     settings.ensure_dirs()

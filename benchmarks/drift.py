@@ -1,12 +1,13 @@
 """Drift experiment: the online loop against a model frozen after warm-up, on the simulator's
 drifting tastes, measured test-then-train.
 
-Every batch of simulated events is landed with `land_file` and marked `passed` (validation is the
+Every batch of simulated events is landed as trusted events and marked `passed` (validation is the
 Dagster asset's job and is not measured here). Before the refresh learns from it, each batch is
-scored with `core.demo.batch_ndcg`, as `rec-pipeline demo` does: NDCG@10 over the batch's users
-who touch an item they had not touched before, ranking the full catalogue, for
+scored by `core.evaluation.policies.score_then_learn`, as `rec-pipeline demo` scores: NDCG@10 over
+the batch's users who touch an item they had not touched before, ranking the full catalogue, for
 
-* `online`: the champion as it stands, refreshed by `core.refresh.refresh` after every batch;
+* `online`: the champion as it stands, refreshed by `core.model.refresh.refresh` after every batch
+  (the popularity floor until the first promotion, shown as "-");
 * `frozen`: the champion at the end of the warm-up batches, never refreshed again;
 * `popularity`: the all-time popularity floor the gate uses;
 * `oracle`: the simulator's ground-truth relevance at the batch's start.
@@ -26,13 +27,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, measured, print_provenance, print_report, scratch_home
+import polars as pl
+from common import ROOT, measured, print_provenance, print_report
 
 POLICIES = ("online", "frozen", "popularity", "oracle")
+K = 10
 # Before any real date, so no event falls after the contract's "now + 1 day".
 SIM_START = datetime(2020, 1, 1, tzinfo=timezone.utc)
 
@@ -54,57 +56,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from rec_pipeline.core.model.refresh import RefreshConfig
+    """Every batch scored by `core.evaluation.policies.score_then_learn` before the online pipeline
+    learns it, as `rec-pipeline demo` scores; the frozen model joins after the warm-up batches."""
+    from rec_pipeline.core.evaluation.policies import (
+        FrozenModel,
+        OnlinePipeline,
+        Oracle,
+        PipelineHome,
+        PopularityFloor,
+        score_then_learn,
+    )
     from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.ingest.catalogue import upsert_items
+    from rec_pipeline.core.model.config import RefreshConfig
 
     config = RefreshConfig() if args.candidates is None else RefreshConfig(candidates=args.candidates)
     simulator = Simulator(SimulatorConfig(seed=args.seed, start=SIM_START, drift_period_days=args.drift_period_days))
+    batches = list(simulator.iter_event_chunks(args.batches * args.events_per_batch, args.events_per_batch))
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="rec_pipeline_drift_") as home_dir:
-        home, registry = scratch_home(Path(home_dir), simulator.catalogue())
-        chunks = simulator.iter_event_chunks(args.batches * args.events_per_batch, args.events_per_batch)
-        rows, frozen = [], None
-        for batch, events in enumerate(chunks, start=1):
-            rows.append(step(home, registry, simulator, events, batch, frozen, config))
-            if batch == args.warmup:
-                frozen = champion(home, registry)
+        home = PipelineHome.scratch(Path(home_dir))
+        with home.warehouse.connect() as con:
+            upsert_items(con, simulator.catalogue())
+        online = OnlinePipeline(home, config)
+        baselines = {"popularity": PopularityFloor(online), "oracle": Oracle(simulator)}
+
+        def after_batch(number: int, scored: list[dict]) -> None:
+            batch = batches[len(rows)]
+            ndcg = {f"{row['policy']}_ndcg": row["ndcg"] for row in scored}
+            rows.append({"batch": len(rows) + 1, "days": (batch["ts"].max() - SIM_START).total_seconds() / 86_400,
+                         "users": scored[0]["users"], "frozen_ndcg": None, **ndcg,
+                         "online_ndcg": ndcg["online_ndcg"] if online.ranked_with else None,
+                         "promoted": online.last_refresh.promoted,
+                         "refresh_s": online.learn_seconds - sum(r["refresh_s"] for r in rows)})
+
+        n_items, warm = len(simulator.item_ids), batches[:args.warmup]
+        score_then_learn({"online": online, **baselines}, warm, K, n_items, batches[0].clear(), after_batch)
+        score_then_learn({"online": online, "frozen": FrozenModel(online), **baselines}, batches[args.warmup:], K,
+                        n_items, pl.concat(warm), after_batch)
     return rows
-
-
-def step(home, registry, simulator, events, batch: int, frozen, config) -> dict:
-    """Land one batch, score every policy on it, then refresh on it."""
-    from rec_pipeline.core.evaluation.demo import batch_ndcg
-    from rec_pipeline.core.model.refresh import refresh
-
-    batch_events = land_passed(home, events, batch)
-    with home.warehouse().connect() as con:
-        scores = batch_ndcg(con, {"online": champion(home, registry, con), "frozen": frozen}, simulator,
-                            batch_events, config)
-    start = time.perf_counter()
-    result = refresh(home.warehouse(), registry, home.serving_path, config)
-    return {"batch": batch, "days": (events["ts"].max() - SIM_START).total_seconds() / 86_400, **scores,
-            "promoted": result.promoted, "refresh_s": time.perf_counter() - start}
-
-
-def land_passed(home, events, batch: int):
-    """Land one batch with `land_trusted` (marked passed); returns it as the warehouse holds it."""
-    from rec_pipeline.core.ingest.event_files import write_events
-    from rec_pipeline.core.ingest.landing import land_trusted
-
-    path = write_events(events, home.imports_dir / f"batch-{batch:03d}.parquet")
-    report = land_trusted(home.warehouse(), path, events.height)
-    with home.warehouse().connect() as con:
-        return con.sql("SELECT * EXCLUDE (source_row) FROM events_validated WHERE batch_id = ?",
-                       params=[report.batch_id]).pl()
-
-
-def champion(home, registry, con=None):
-    from rec_pipeline.core.model.recommender import Recommender
-
-    if con is None:
-        with home.warehouse().connect() as own:
-            return champion(home, registry, own)
-    row = registry.champion(con)
-    return Recommender.load(registry.verified_artifact(con, row.version)) if row else None
 
 
 # --- output -----------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> list[dict]:
     from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
-    from rec_pipeline.dev_server import DagsterDev
+    from rec_pipeline_tests.dagster_dev import DagsterDev
 
     simulator = Simulator(SimulatorConfig(seed=0, n_users=5_000, n_items=2_000))
     chunks = simulator.iter_event_chunks(args.warmup_events + args.files * args.events, args.events)
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def measure_file(server, frame, name: str) -> dict:
-    from rec_pipeline.dev_server import wait_for
+    from rec_pipeline_tests.dagster_dev import wait_for
 
     dropped = server.drop(frame, name)
     landing = wait_for(f"{name}'s landing run", lambda: finished_run(server, {"dagster/partition": name}), TIMEOUT_S)

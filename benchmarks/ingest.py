@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common import measured, peak_rss_mib, print_provenance, print_report
+
 SEED = 0
 CHUNK_ROWS = 250_000
 # Events start well in the past, so none falls after the contract's "now + 1 day" whatever the date.
@@ -88,7 +89,9 @@ def write_parquet(chunks, path: Path) -> None:
 
 
 def write_jsonl(chunks, path: Path) -> None:
-    from rec_pipeline.core.ingest.event_files import _as_text  # ts as ISO-8601 UTC text ending in Z
+    from rec_pipeline.core.ingest.event_files import (
+        _as_text,  # ts as ISO-8601 UTC text ending in Z
+    )
 
     with open(path, "wb") as out:
         for chunk in chunks:

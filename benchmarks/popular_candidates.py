@@ -24,11 +24,12 @@ from common import measured, print_provenance, print_report, scratch_home
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
     from rec_pipeline.core.ingest.event_files import write_events
     from rec_pipeline.core.ingest.landing import land_trusted
-    from rec_pipeline.core.model.recommender import Recommender
-    from rec_pipeline.core.model.refresh import RefreshConfig, publish, refresh
-    from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.model.config import RefreshConfig
+    from rec_pipeline.core.model.publish import publish
+    from rec_pipeline.core.model.refresh import refresh
 
     simulator = Simulator(SimulatorConfig(seed=0, n_users=args.users, n_items=2_000))
     events = simulator.events(args.events)
@@ -39,8 +40,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             land_trusted(settings.warehouse(), write_events(part, settings.imports_dir / f"part-{k}.parquet"), part.height)
             refresh(settings.warehouse(), registry, settings.serving_path)
         with settings.warehouse().connect() as con:
-            champion = registry.champion(con)
-            model = Recommender.load(registry.verified_artifact(con, champion.version))
+            champion, model = registry.load_champion(con)
             at = con.execute("SELECT max(ts) FROM events").fetchall()[0][0]
             seconds: dict[int, list[float]] = {0: [], 50: []}
             rows: dict[int, int] = {}

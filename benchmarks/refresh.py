@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common import measured, peak_rss_mib, print_provenance, print_report
+
 SEED = 0
 N_ITEMS = 10_000
 FILE_ROWS = 1_000_000  # events per landed history file
@@ -65,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def settings(home: Path):
-    from rec_pipeline.config import Settings
+    from rec_pipeline.settings import Settings
 
     return Settings(home=home)
 
@@ -93,8 +94,8 @@ def write_files(folder: Path, history: int, new: int, users: int) -> list[tuple[
     """History in FILE_ROWS-event Parquet files, then `new.parquet` with the next `new` events."""
     import polars as pl
 
-    from rec_pipeline.core.ingest.event_files import write_events
     from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
+    from rec_pipeline.core.ingest.event_files import write_events
 
     config = SimulatorConfig(seed=SEED, n_users=users, n_items=N_ITEMS, start=SIM_START)
     files, tail, offset = [], [], 0

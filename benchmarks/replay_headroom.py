@@ -1,6 +1,6 @@
 """How much can any model gain over popularity in the MovieLens replay (issue 5's quality target)?
 
-Under DESIGN.md's protocol, per batch, before learning it:
+Under the protocol of `../shared/DESIGN.md`, per batch, before learning it:
 1. the share of evaluated users who have no history at all (nothing can personalize for them) and
    what decayed popularity, at several half-lives, scores for them and for the others;
 2. a generous personalised ranker for the users with history: LightGBM lambdarank over the 150 most
@@ -22,10 +22,11 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from rec_pipeline.core.evaluation.scoring import score_lists
 from rec_pipeline.core.evaluation.movielens import load_movielens
-from rec_pipeline.core.model.refresh import order_by_score, popular_lists_from
 from rec_pipeline.core.evaluation.replay import split, targets_and_seen
+from rec_pipeline.core.evaluation.scoring import score_lists
+from rec_pipeline.core.model.lists import popular_lists_from
+from rec_pipeline.core.model.recommender import order_by_score
 
 K, POOL, COVISIT_WINDOW, LAST_ITEMS = 10, 150, 5, 10
 HALF_LIVES_DAYS = (1, 3, 7, 14, 30, 60, None)  # None: all history, undecayed

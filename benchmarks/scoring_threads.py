@@ -15,7 +15,6 @@ import statistics
 import time
 
 import numpy as np
-
 from common import measured, print_provenance, print_report
 
 

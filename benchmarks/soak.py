@@ -92,7 +92,7 @@ def reader(serving_path: str, stop, counts) -> None:
 
 def run(args: argparse.Namespace) -> list[dict]:
     from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
-    from rec_pipeline.dev_server import DagsterDev
+    from rec_pipeline_tests.dagster_dev import DagsterDev
 
     chunks = Simulator(SimulatorConfig(seed=0, n_users=5_000, n_items=2_000)).iter_event_chunks(
         args.files * args.events, args.events)
@@ -132,7 +132,7 @@ def wait_until_settled(server, names: set[str]) -> dict:
     learnt by a refresh."""
     import dagster as dg
 
-    from rec_pipeline.dev_server import wait_for
+    from rec_pipeline_tests.dagster_dev import wait_for
 
     done = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 

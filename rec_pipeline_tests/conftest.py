@@ -54,9 +54,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def definitions(home: Path):
     """The code location's Definitions, as the UI loads them, on this test's home."""
-    from rec_pipeline.definitions import load_definitions
+    from rec_pipeline.definitions import build_definitions
+    from rec_pipeline.settings import Settings
 
-    return load_definitions()
+    return build_definitions(Settings.from_env())
 
 
 @pytest.fixture

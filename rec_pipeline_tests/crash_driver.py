@@ -8,11 +8,12 @@ marker before every step. Run again on the same files, it completes whatever a k
 import sys
 from pathlib import Path
 
-from rec_pipeline.config import Settings
 from rec_pipeline.core.ingest.landing import land_file
+from rec_pipeline.core.model.config import RefreshConfig
 from rec_pipeline.core.model.ranking import RankerConfig
-from rec_pipeline.core.model.refresh import RefreshConfig, refresh
+from rec_pipeline.core.model.refresh import refresh
 from rec_pipeline.core.model.registry import ModelRegistry
+from rec_pipeline.settings import Settings
 
 CONFIG = RefreshConfig(ranker=RankerConfig(rounds=20, continue_rounds=10), ranker_users=300, eval_users=300)
 

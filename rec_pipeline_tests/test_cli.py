@@ -1,6 +1,12 @@
 """`rec-pipeline` end to end, in-process: the JSON contracts, the main job, one-line errors."""
 
 import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -126,3 +132,104 @@ def test_demo_measures_each_batch_before_learning_from_it():
     assert rows[0]["champion_ndcg"] is None, "no champion before the first refresh"
     assert all(0 < row["oracle_ndcg"] <= 1 for row in rows)
     assert all(isinstance(row["model_version"], str) for row in rows)
+
+
+def test_a_bug_prints_one_line_and_where_the_traceback_is(home, monkeypatch):
+    from rec_pipeline.core.ops import status as status_module
+
+    def broken(con):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(status_module, "warehouse_status", broken)
+    result = invoke("status")
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "unexpected RuntimeError: boom" in line and "--debug prints it" in line
+    log = Path(line.split("traceback in ")[1].split(";")[0])
+    assert log.parent == home / "logs" and 'raise RuntimeError("boom' in log.read_text()
+    debug = invoke("--debug", "status")
+    assert debug.exit_code == 2 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_an_expected_failure_is_one_line_also_under_debug_it_shows_where(home):
+    quiet = invoke("release", "b-missing")
+    assert quiet.exit_code == 1 and quiet.stderr == "rec-pipeline: no landed batch b-missing\n"
+    loud = invoke("--debug", "release", "b-missing")
+    assert loud.exit_code == 1 and "Traceback" in loud.stderr and "set_operator_decision" in loud.stderr
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("REC_PIPELINE_REFRESH_INTERVAL_S", "often")
+    result = invoke("status")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("rec-pipeline: bad setting: REC_PIPELINE_REFRESH_INTERVAL_S: Input should be")
+
+
+def test_a_failed_refresh_names_its_run_and_where_its_log_is(home, monkeypatch, tmp_path):
+    assert invoke("run", "--events", "6000", "--events-per-file", "3000").exit_code == 0
+    assert invoke("refresh").exit_code == 0
+    models = json.loads(invoke("models", "--json").stdout)
+    [champion] = [m for m in models if m["status"] == "champion"]
+    ranker_or_retrieval = next((home / "models" / champion["version"]).rglob("*.json"))
+    ranker_or_retrieval.write_text(ranker_or_retrieval.read_text() + " ")  # the checksum no longer matches
+    assert invoke("run", "--events", "3000").exit_code == 0
+
+    ephemeral = invoke("refresh")
+    assert ephemeral.exit_code == 1
+    message = ephemeral.stderr.strip()
+    assert "\n" not in message and "the refresh run" in message and "do not match the registered checksum" in message
+    log = Path(message.split("its log is in ")[1])
+    assert log.parent == home / "logs" and "ArtifactError" in log.read_text()
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    persistent = invoke("refresh")
+    run_id = persistent.stderr.split("the refresh run ")[1].split(" ")[0]
+    assert f"in the instance at {tmp_path / 'dagster_home'}" in persistent.stderr
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def command(*args: str, stderr=subprocess.PIPE, env: dict | None = None) -> subprocess.CompletedProcess:
+    executable = Path(sys.executable).with_name("rec-pipeline")
+    return subprocess.run([str(executable), *args], stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=900,
+                          env=os.environ | (env or {}))
+
+
+@pytest.mark.slow
+def test_the_demo_prints_its_lines_and_nothing_on_stderr():
+    demo = command("demo", "--batches", "2", "--events-per-batch", "2000")
+    assert demo.returncode == 0
+    assert demo.stderr == "", "no TensorFlow start-up logs, no warnings, no progress bar when piped"
+    lines = demo.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["batch   1", "batch   2"]
+    assert "NDCG@10 before learning it" in lines[0] and lines[2].startswith("Query the results")
+
+
+def on_a_terminal(*args: str) -> tuple[subprocess.CompletedProcess, bytes]:
+    """Run a command with standard error on a pseudo-terminal; returns what the terminal showed."""
+    primary, secondary = pty.openpty()
+    with os.fdopen(primary, "rb", buffering=0) as terminal:
+        done = command(*args, stderr=secondary, env={"COLUMNS": "100"})
+        os.close(secondary)
+        shown = b""
+        while select.select([terminal], [], [], 0.5)[0]:
+            try:
+                chunk = terminal.read(65536)
+            except OSError:  # the other end is closed: everything was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    return done, shown
+
+
+def test_a_long_command_shows_a_progress_bar_on_a_terminal_only():
+    done, shown = on_a_terminal("run", "--events", "3000", "--events-per-file", "1000")
+    assert done.returncode == 0 and b"landing sim-s0-e" in shown
+    as_json, shown = on_a_terminal("run", "--events", "3000", "--events-per-file", "1000", "--json")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["landed"] == 3000 and shown == b""
+    piped = command("run", "--events", "3000", "--events-per-file", "1000")
+    assert piped.returncode == 0 and piped.stderr == ""

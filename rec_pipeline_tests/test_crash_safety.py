@@ -26,11 +26,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rec_pipeline.config import Settings
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 from rec_pipeline.core.ingest.catalogue import upsert_items
 from rec_pipeline.core.ingest.event_files import write_events
 from rec_pipeline.core.model.registry import ModelRegistry
-from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
+from rec_pipeline.settings import Settings
 
 pytestmark = pytest.mark.slow
 

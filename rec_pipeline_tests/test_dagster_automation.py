@@ -1,20 +1,16 @@
 """Automation without clicks: which evaluations request a refresh, what a failed run leaves behind,
 and the switch that turns it all off."""
 
-import json
-import os
-import subprocess
-import sys
-
 import dagster as dg
 import polars as pl
 import pytest
 
-from rec_pipeline.core.ingest.event_files import write_events
+from rec_pipeline.cli.runs import land_through_dagster
+from rec_pipeline.core.errors import InputError
 from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
+from rec_pipeline.core.ingest.event_files import write_events
 from rec_pipeline.core.ops.warehouse import Warehouse
-from rec_pipeline.defs.ingest.runner import land_through_dagster
-from rec_pipeline.defs.resources import PipelineResource
+from rec_pipeline.definitions import defs
 
 REFRESH_KEYS = {"features", "challenger_model", "champion_model", "recommendations", "serving_snapshot"}
 
@@ -48,31 +44,30 @@ def test_a_refresh_is_requested_after_validated_batches_only(definitions, home, 
         assert requested(evaluate(after_bad.cursor)) == REFRESH_KEYS, "an old failed batch does not block later ones"
 
 
-def default_statuses(home, automation: str | None) -> dict[str, str]:
-    """Each sensor's and schedule's default status, as a fresh process loading the code location sees it."""
-    env = {k: v for k, v in os.environ.items() if k != "REC_PIPELINE_AUTOMATION"} | {"REC_PIPELINE_HOME": str(home)}
-    if automation is not None:
-        env["REC_PIPELINE_AUTOMATION"] = automation
-    script = ("import json; from rec_pipeline.definitions import load_definitions; "
-              "repo = load_definitions().get_repository_def(); "
-              "print(json.dumps({d.name: d.default_status.value for d in [*repo.sensor_defs, *repo.schedule_defs]}))")
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def default_statuses(monkeypatch, automation: str | None) -> dict[str, str]:
+    """Each sensor's and schedule's default status, as the code location loads them."""
+    if automation is None:
+        monkeypatch.delenv("REC_PIPELINE_AUTOMATION", raising=False)
+    else:
+        monkeypatch.setenv("REC_PIPELINE_AUTOMATION", automation)
+    repo = defs().get_repository_def()
+    return {d.name: d.default_status.value for d in [*repo.sensor_defs, *repo.schedule_defs]}
 
 
-def test_automation_runs_by_default_and_one_setting_switches_it_off(home):
+def test_automation_runs_by_default_and_one_setting_switches_it_off(home, monkeypatch):
     names = {"landing_sensor", "refresh_automation", "failure_alerts", "nightly_housekeeping"}
-    on, off = default_statuses(home, None), default_statuses(home, "off")
+    on, off = default_statuses(monkeypatch, None), default_statuses(monkeypatch, "off")
     assert set(on) == set(off) == names
     assert set(on.values()) == {"RUNNING"} and set(off.values()) == {"STOPPED"}
-    with pytest.raises(subprocess.CalledProcessError):
-        default_statuses(home, "maybe")
+    with pytest.raises(InputError, match="REC_PIPELINE_AUTOMATION"):
+        default_statuses(monkeypatch, "maybe")
 
 
-def test_a_failed_run_is_recorded_and_posted_to_the_webhook(definitions, home, tmp_path, webhook):
-    from rec_pipeline.defs.operations.automation import failure_alerts
-
+def test_a_failed_run_is_recorded_and_posted_to_the_webhook(home, tmp_path, webhook, monkeypatch):
     url, received = webhook
+    monkeypatch.setenv("REC_PIPELINE_ALERT_WEBHOOK", url)
+    definitions = defs()
+    failure_alerts = definitions.get_repository_def().get_sensor_def("failure_alerts")
     broken = tmp_path / "broken.jsonl.gz"
     broken.write_bytes(b"\x1f\x8b\x08\x00garbage")
     with dg.instance_for_test() as instance:
@@ -82,7 +77,7 @@ def test_a_failed_run_is_recorded_and_posted_to_the_webhook(definitions, home, t
         context = dg.build_run_status_sensor_context(
             sensor_name="failure_alerts", dagster_event=failure.dagster_event, dagster_instance=instance,
             dagster_run=run).for_run_failure()
-        failure_alerts(context, pipeline=PipelineResource(home=str(home), alert_webhook=url))
+        failure_alerts(context, pipeline=definitions.resources["pipeline"])
     assert [(body["run_id"], body["job"]) for body in received] == [(run.run_id, "land_events_job")]
     with Warehouse(home / "warehouse.duckdb").connect() as con:
         recorded = con.execute("SELECT run_id, job_name, alert_status FROM run_failures").fetchall()

@@ -2,18 +2,17 @@
 complete files and refuses what it must not read."""
 
 import json
-import re
 import os
+import re
 import time
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
+from rec_pipeline.cli.runs import land_through_dagster
 from rec_pipeline.core.ops.warehouse import Warehouse
-from rec_pipeline.defs.ingest.runner import land_through_dagster
-from rec_pipeline.defs.ingest.sensors import landing_sensor
-from rec_pipeline.defs.resources import PipelineResource
+from rec_pipeline.definitions import defs
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -87,8 +86,9 @@ def test_an_unreadable_file_fails_its_run_and_the_next_file_still_lands(definiti
 
 
 def _tick(instance, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"pipeline": PipelineResource(home=os.environ["REC_PIPELINE_HOME"])})
-    return landing_sensor(context)
+    definitions = defs()
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=definitions.resources)
+    return definitions.get_repository_def().get_sensor_def("landing_sensor")(context)
 
 
 def _age(path: Path, seconds: float) -> None:
@@ -216,11 +216,11 @@ def test_a_crash_after_landing_is_retried_and_the_batch_validated(definitions, h
         assert con.execute("SELECT quality_status FROM ingested_files").fetchall() == [("passed",)]
 
 
-def test_with_a_key_no_raw_user_id_reaches_the_warehouse_or_dagsters_event_log(definitions, home, tmp_path,
-                                                                                monkeypatch):
-    from rec_pipeline.core.ops.pseudonymization import KEY_ENV, Pseudonymizer
+def test_with_a_key_no_raw_user_id_reaches_the_warehouse_or_dagsters_event_log(home, tmp_path, monkeypatch):
+    from rec_pipeline.settings import Settings
 
-    monkeypatch.setenv(KEY_ENV, "a-test-key-that-is-long-enough-32b")
+    monkeypatch.setenv("REC_PIPELINE_PSEUDONYMIZE_KEY", "a-test-key-that-is-long-enough-32b")
+    definitions = defs()
     rows = [row | {"user_id": f"person-{i % 7}@example.com"} for i, row in enumerate(good_rows(50))]
     path = write_jsonl(tmp_path / "people.jsonl", rows + [{"user_id": "person-9@example.com", "item_id": "x"}])
     with dg.instance_for_test() as instance:
@@ -234,4 +234,4 @@ def test_with_a_key_no_raw_user_id_reaches_the_warehouse_or_dagsters_event_log(d
     with Warehouse(home / "warehouse.duckdb").connect() as con:
         stored = " ".join(str(row) for table in ("events", "events_rejected", "batch_checks")
                           for row in con.execute(f"SELECT * FROM {table}").fetchall())
-    assert "example.com" not in stored and Pseudonymizer.from_env()("person-1@example.com") in stored
+    assert "example.com" not in stored and Settings.from_env().pseudonymizer()("person-1@example.com") in stored

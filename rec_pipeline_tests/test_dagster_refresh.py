@@ -3,12 +3,11 @@
 import dagster as dg
 import pytest
 
-from rec_pipeline.core.model import refresh as refresh_module
-from rec_pipeline.core.ingest.event_files import write_events
-from rec_pipeline.core.model.gate import GateDecision
+from rec_pipeline.cli.runs import land_through_dagster
 from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
-from rec_pipeline.defs.ingest.runner import land_through_dagster
-from rec_pipeline.defs.resources import PipelineResource
+from rec_pipeline.core.ingest.event_files import write_events
+from rec_pipeline.core.model import refresh as refresh_module
+from rec_pipeline.core.model.gate import GateDecision
 
 BATCH = 4_000
 
@@ -55,7 +54,7 @@ def test_a_refresh_with_nothing_new_succeeds_and_materializes_nothing(definition
 def test_a_partial_selection_is_refused_with_the_reason(definitions, home):
     with dg.instance_for_test() as instance:
         result = dg.materialize([definitions.get_assets_def("features")], selection=["features"], instance=instance,
-                                resources={"pipeline": PipelineResource(home=str(home))}, raise_on_error=False)
+                                resources=definitions.resources, raise_on_error=False)
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
     assert "together" in failure.step_failure_data.error.message

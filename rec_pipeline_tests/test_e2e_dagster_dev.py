@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
-from rec_pipeline.dev_server import DagsterDev, wait_for
+from rec_pipeline_tests.dagster_dev import DagsterDev, wait_for
 
 pytestmark = pytest.mark.slow
 

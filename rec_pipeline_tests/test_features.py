@@ -10,6 +10,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 from rec_pipeline.core.ingest.catalogue import upsert_items
 from rec_pipeline.core.ingest.contract import EVENT_SCHEMA
 from rec_pipeline.core.model.features import (
@@ -21,7 +22,6 @@ from rec_pipeline.core.model.features import (
     update_features,
     user_item_features,
 )
-from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 from rec_pipeline.core.ops.warehouse import Warehouse
 
 UTC = timezone.utc

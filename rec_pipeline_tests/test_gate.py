@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from rec_pipeline.core.model.gate import GateDecision, GatePolicy, decide
 from rec_pipeline.core.evaluation.metrics import RankingMetrics
+from rec_pipeline.core.model.gate import GateDecision, GatePolicy, decide
 
 FLOOR = RankingMetrics(recall=0.30, ndcg=0.25, coverage=0.05, users=100)
 

@@ -9,13 +9,13 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from rec_pipeline.core.ingest.contract import CATALOGUE_SCHEMA, EVENT_SCHEMA
 from rec_pipeline.core.evaluation.movielens import (
     MovieLensData,
     MovieLensError,
     detect_layout,
     load_movielens,
 )
+from rec_pipeline.core.ingest.contract import CATALOGUE_SCHEMA, EVENT_SCHEMA
 
 REAL_ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "movielens-100k"
 

@@ -3,9 +3,13 @@
 import os
 from datetime import datetime, timedelta, timezone
 
-
-from rec_pipeline.core.ops.operations import health, housekeeping, post_alert, record_failure
 from rec_pipeline.core.model.registry import ModelRegistry
+from rec_pipeline.core.ops.operations import (
+    health,
+    housekeeping,
+    post_alert,
+    record_failure,
+)
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
 

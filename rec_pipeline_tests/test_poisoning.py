@@ -10,15 +10,15 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from rec_pipeline.config import Settings
+from rec_pipeline.cli.runs import land_through_dagster
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 from rec_pipeline.core.ingest.catalogue import upsert_items
 from rec_pipeline.core.ingest.event_files import write_events
 from rec_pipeline.core.ingest.landing import land_trusted
-from rec_pipeline.core.ops.operations import health
 from rec_pipeline.core.model.refresh import refresh
 from rec_pipeline.core.model.registry import ModelRegistry
-from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
-from rec_pipeline.defs.ingest.runner import land_through_dagster
+from rec_pipeline.core.ops.operations import health
+from rec_pipeline.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +42,9 @@ def pipeline(tmp_path_factory):
         refresh(settings.warehouse(), registry, settings.serving_path)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("REC_PIPELINE_HOME", str(home))
-        from rec_pipeline.definitions import load_definitions
+        from rec_pipeline.definitions import build_definitions
 
-        yield settings, load_definitions(), events.slice(2 * BATCH)
+        yield settings, build_definitions(Settings.from_env()), events.slice(2 * BATCH)
 
 
 def published(settings: Settings) -> tuple[str, pl.DataFrame]:

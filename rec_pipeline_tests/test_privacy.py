@@ -12,24 +12,39 @@ import pytest
 from typer.testing import CliRunner
 
 from rec_pipeline.cli import app
-from rec_pipeline.config import Settings
+from rec_pipeline.core.errors import InputError
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 from rec_pipeline.core.ingest.catalogue import upsert_items
 from rec_pipeline.core.ingest.event_files import write_events
-from rec_pipeline.core.model.features import FeatureConfig, update_features
-from rec_pipeline.core.ops.forgetting import forget
 from rec_pipeline.core.ingest.landing import land_file, land_trusted
-from rec_pipeline.core.ops.pseudonymization import KEY_ENV, KEY_FILE_ENV, PseudonymizationKeyError, Pseudonymizer
+from rec_pipeline.core.model.config import RefreshConfig
+from rec_pipeline.core.model.features import FeatureConfig, update_features
 from rec_pipeline.core.model.recommender import Recommender
-from rec_pipeline.core.model.refresh import RefreshConfig, refresh
+from rec_pipeline.core.model.refresh import refresh
 from rec_pipeline.core.model.registry import ModelRegistry
-from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
+from rec_pipeline.core.ops.forgetting import forget
+from rec_pipeline.core.ops.pseudonymization import (
+    PseudonymizationKeyError,
+    Pseudonymizer,
+)
 from rec_pipeline.core.ops.warehouse import Warehouse
+from rec_pipeline.settings import Settings
 
 KEY = b"k" * 32
+KEY_ENV, KEY_FILE_ENV = "REC_PIPELINE_PSEUDONYMIZE_KEY", "REC_PIPELINE_PSEUDONYMIZE_KEY_FILE"
 CONFIG = RefreshConfig(ranker_users=300, eval_users=300)
 
 
-def test_pseudonyms_are_keyed_stable_and_the_key_is_checked(tmp_path):
+def configured(monkeypatch, **variables: str) -> Pseudonymizer | None:
+    """The pseudonymizer the settings give with exactly these key variables set."""
+    for name in (KEY_ENV, KEY_FILE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    return Settings.from_env().pseudonymizer()
+
+
+def test_pseudonyms_are_keyed_stable_and_the_key_is_checked(tmp_path, monkeypatch):
     one, other = Pseudonymizer(KEY), Pseudonymizer(b"o" * 32)
     assert one("alice") == one("alice") != other("alice") and len(one("alice")) == 32
     assert "alice" not in one("alice") and KEY.decode() not in repr(one)
@@ -37,13 +52,15 @@ def test_pseudonyms_are_keyed_stable_and_the_key_is_checked(tmp_path):
         Pseudonymizer(b"short")
     key_file = tmp_path / "key"
     key_file.write_bytes(KEY + b"\n")
-    assert Pseudonymizer.from_env({KEY_FILE_ENV: str(key_file)})("alice") == one("alice")
-    assert Pseudonymizer.from_env({KEY_ENV: KEY.decode()})("alice") == one("alice")
-    assert Pseudonymizer.from_env({}) is None
-    with pytest.raises(PseudonymizationKeyError, match="not both"):
-        Pseudonymizer.from_env({KEY_ENV: KEY.decode(), KEY_FILE_ENV: str(key_file)})
-    with pytest.raises(PseudonymizationKeyError, match="not a file"):
-        Pseudonymizer.from_env({KEY_FILE_ENV: str(tmp_path / "missing")})
+    assert configured(monkeypatch, **{KEY_FILE_ENV: str(key_file)})("alice") == one("alice")
+    assert configured(monkeypatch, **{KEY_ENV: KEY.decode()})("alice") == one("alice")
+    assert configured(monkeypatch) is None
+    with pytest.raises(InputError, match="not both"):
+        configured(monkeypatch, **{KEY_ENV: KEY.decode(), KEY_FILE_ENV: str(key_file)})
+    with pytest.raises(InputError, match="not a file"):
+        configured(monkeypatch, **{KEY_FILE_ENV: str(tmp_path / "missing")})
+    with pytest.raises(InputError, match="REC_PIPELINE_PSEUDONYMIZE_KEY: the pseudonymization key must be at least"):
+        configured(monkeypatch, **{KEY_ENV: "short"})
 
 
 def mentions(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, int]:
@@ -139,7 +156,7 @@ def test_forget_removes_every_trace_of_the_user(served, monkeypatch, tmp_path):
     with settings.warehouse().connect() as con:
         before = mentions(con, [pseudonym])
         touched = [i for (i,) in con.execute("SELECT DISTINCT item_id FROM events WHERE user_id = ?", [pseudonym]).fetchall()]
-        models_knowing = sum(Recommender.load(registry.verified_artifact(con, m.version)).retrieval.known([pseudonym])[0]
+        models_knowing = sum(registry.load(con, m.version).retrieval.known([pseudonym])[0]
                              for m in registry.versions(con))
     assert {"events.user_id", "user_activity.user_id", "recommendations.user_id"} <= set(before) and models_knowing
 
@@ -156,7 +173,7 @@ def test_forget_removes_every_trace_of_the_user(served, monkeypatch, tmp_path):
         audit = con.execute("SELECT * FROM forget_audit").fetchall()
         assert len(audit) == 1 and audit[0][0] == report["request_id"]
         for model in registry.versions(con):  # every artifact verifies and still loads
-            Recommender.load(registry.verified_artifact(con, model.version))
+            registry.load(con, model.version)
         assert_popularity_as_if_never_seen(con, pseudonym, touched, Warehouse(tmp_path / "fresh.duckdb"))
     with duckdb.connect(str(settings.serving_path), read_only=True) as serving:
         assert mentions(serving, [user, pseudonym]) == {}

@@ -9,7 +9,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from rec_pipeline.core.model.publish import publish_serving, replace_recommendations
+from rec_pipeline.core.model.publish import replace_recommendations
+from rec_pipeline.core.model.serving import publish_serving
 
 USERS, K = 500, 20
 

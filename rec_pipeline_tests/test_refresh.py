@@ -9,16 +9,17 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from rec_pipeline.config import Settings
+from rec_pipeline.core.evaluation.scoring import seen_items
+from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 from rec_pipeline.core.ingest.catalogue import upsert_items
 from rec_pipeline.core.ingest.event_files import write_events
 from rec_pipeline.core.ingest.landing import land_trusted
+from rec_pipeline.core.model.config import RefreshConfig
 from rec_pipeline.core.model.ranking import RankerConfig
-from rec_pipeline.core.evaluation.scoring import seen_items
-from rec_pipeline.core.model.recommender import Recommender, popular_items
-from rec_pipeline.core.model.refresh import RefreshConfig, refresh, rollback
+from rec_pipeline.core.model.recommender import popular_items
+from rec_pipeline.core.model.refresh import refresh, rollback
 from rec_pipeline.core.model.registry import ModelRegistry
-from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
+from rec_pipeline.settings import Settings
 
 BATCH = 10_000
 CONFIG = RefreshConfig(ranker=RankerConfig(rounds=30),
@@ -130,7 +131,7 @@ def test_a_worse_challenger_is_rejected_and_the_published_table_is_unchanged(loo
 def test_candidates_add_popular_items_the_user_has_not_touched(loop):
     settings, registry, _ = loop
     with settings.warehouse().connect() as con:
-        model = Recommender.load(registry.verified_artifact(con, registry.champion(con).version))
+        _, model = registry.load_champion(con)
         users = model.retrieval.user_ids[:5].tolist() + ["nobody"]
         seen = seen_items(con, users)
         popular = popular_items(con, NOW, CONFIG.features, 30)["item_id"].to_list()
@@ -169,7 +170,7 @@ def test_rankers_learn_only_events_their_features_and_retrieval_had_not_seen(tmp
     first = run(settings, registry)
     assert seen_by_ranker == [], "no champion: nothing honest to label, so no ranker"
     with settings.warehouse().connect() as con:
-        assert Recommender.load(registry.verified_artifact(con, first.model_version)).ranker is None
+        assert registry.load(con, first.model_version).ranker is None
     land_batch(settings, events, 1)
     second = run(settings, registry)
     (known_until, labels_from, learnt, labelled_users), = seen_by_ranker
@@ -177,7 +178,7 @@ def test_rankers_learn_only_events_their_features_and_retrieval_had_not_seen(tmp
     first_seen_in_labels = labelled_users - set(events.filter(pl.col("ts") < labels_from)["user_id"])
     assert first_seen_in_labels and not first_seen_in_labels & learnt, "retrieval had not learnt the labels"
     with settings.warehouse().connect() as con:
-        assert Recommender.load(registry.verified_artifact(con, second.model_version)).ranker is not None
+        assert registry.load(con, second.model_version).ranker is not None
 
 
 def test_a_refresh_that_fails_part_way_changes_nothing(tmp_path, monkeypatch):
@@ -223,7 +224,7 @@ def test_idle_users_and_items_lose_their_embedding_rows(tmp_path):
     hour = dataclasses.replace(CONFIG, expire_after_days=1 / 24)
     result = refresh(settings.warehouse(), registry, settings.serving_path, hour)
     with settings.warehouse().connect() as con:
-        retrieval = Recommender.load(registry.verified_artifact(con, result.model_version)).retrieval
+        retrieval = registry.load(con, result.model_version).retrieval
         users = con.sql("SELECT user_id, last_ts FROM user_activity").pl()
         trained_until = con.sql("SELECT max(window_end) FROM model_registry").fetchall()[0][0]
     idle = set(users.filter(pl.col("last_ts") < trained_until - timedelta(hours=1))["user_id"])

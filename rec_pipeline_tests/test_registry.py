@@ -2,7 +2,8 @@
 
 import pytest
 
-from rec_pipeline.core.model.registry import ArtifactError, ModelRegistry, new_version
+from rec_pipeline.core.errors import ArtifactError, NotFoundError
+from rec_pipeline.core.model.registry import ModelRegistry, new_version
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_artifacts_outside_the_models_folder_are_refused(warehouse, registry, tm
 
 
 def test_unknown_versions_are_a_clear_error(warehouse, registry):
-    with warehouse.connect() as con, pytest.raises(KeyError, match="no model version m-9"):
+    with warehouse.connect() as con, pytest.raises(NotFoundError, match="no model version m-9"):
         registry.make_champion(con, "m-9")
 
 

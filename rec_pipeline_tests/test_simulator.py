@@ -12,8 +12,12 @@ import numpy as np
 import polars as pl
 import pytest
 
+from rec_pipeline.core.evaluation.simulator import (
+    FILE_FORMATS,
+    Simulator,
+    SimulatorConfig,
+)
 from rec_pipeline.core.ingest.contract import CATALOGUE_SCHEMA, EVENT_SCHEMA
-from rec_pipeline.core.evaluation.simulator import FILE_FORMATS, Simulator, SimulatorConfig
 
 CONFIG = SimulatorConfig(seed=7, n_users=400, n_items=250, events_per_day=5_000, arrival_days=10)
 N_EVENTS = 60_000  # about 12 simulated days

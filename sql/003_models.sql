@@ -31,7 +31,3 @@ CREATE TABLE recommendations (
     generated_at    TIMESTAMPTZ NOT NULL,
     reason          VARCHAR
 );
-
--- One user's list: SELECT * FROM recommendations_for('u000123');
-CREATE MACRO recommendations_for(uid) AS TABLE
-    SELECT * FROM recommendations WHERE user_id = uid ORDER BY rank;

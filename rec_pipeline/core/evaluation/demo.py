@@ -1,57 +1,61 @@
-"""The demo's test-then-train measurement: before a refresh learns from a batch, how well the
-champion, the popularity floor and the simulator's oracle rank what users went on to do in it."""
+"""The demo: the online loop over simulated events, batch by batch, measured test-then-train. Before
+the pipeline learns a batch, its champion, the popularity floor and the simulator's oracle rank
+what the batch's users went on to do; then the batch is landed and a refresh learns it. The
+simulated stream continues across commands (`SimulatedStream`), as `rec-pipeline run` does."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import duckdb
-import numpy as np
 import polars as pl
 
-from rec_pipeline.core.evaluation.scoring import score_lists, seen_items, slice_targets
-from rec_pipeline.core.evaluation.metrics import top_k_excluding
-from rec_pipeline.core.model.recommender import Recommender
-from rec_pipeline.core.model.refresh import RefreshConfig, model_lists, popular_lists, sample_users
+from rec_pipeline.core.evaluation.policies import (
+    OnlinePipeline,
+    Oracle,
+    PopularityFloor,
+    score_then_learn,
+)
 from rec_pipeline.core.evaluation.simulator import Simulator
+from rec_pipeline.core.ingest.event_files import write_events
+
+DEMO_K = 10
 
 
-def batch_ndcg(con: duckdb.DuckDBPyConnection, models: Mapping[str, Recommender | None], simulator: Simulator,
-               batch: pl.DataFrame, config: RefreshConfig = RefreshConfig()) -> dict[str, float | None]:
-    """NDCG@eval_k on `batch` (landed, not yet learnt from) of each of `models` (`<name>_ndcg`,
-    None for a missing model), the popularity floor and the oracle, over the batch's users with new
-    items; all of them rank the full catalogue."""
-    targets = slice_targets(con, batch)
-    users = sample_users(targets["user_id"].unique().sort().to_list(), config.eval_users)
-    if not users:
-        return {"users": 0, **{f"{name}_ndcg": None for name in (*models, "popularity", "oracle")}}
-    targets = targets.filter(pl.col("user_id").is_in(users))
-    seen = seen_items(con, users)
-    at = batch["ts"].min()
-    n_items = len(simulator.item_ids)
-    floor = popular_lists(con, users, seen, at, config, trending=False)
+class SimulatedStream:
+    """The simulator's event stream for its seed, continued across commands: the next events are the
+    ones after every event of this stream already in the warehouse (landed or quarantined)."""
 
-    def ndcg(lists: pl.DataFrame) -> float:
-        return score_lists(lists, targets, n_items, config.eval_k).ndcg
+    def __init__(self, simulator: Simulator):
+        self.simulator = simulator
+        self.prefix = f"sim{simulator.config.seed}-"
 
-    scores = {f"{name}_ndcg": ndcg(model_lists(con, model, users, seen, at, config, floor)) if model else None
-              for name, model in models.items()}
-    return {"users": len(users), **scores, "popularity_ndcg": ndcg(floor),
-            "oracle_ndcg": ndcg(oracle_lists(simulator, users, seen, at, config.eval_k))}
+    def position(self, con: duckdb.DuckDBPyConnection) -> int:
+        return con.execute(
+            "SELECT (SELECT count(*) FROM events WHERE starts_with(event_id, $p))"
+            " + (SELECT count(*) FROM events_rejected WHERE starts_with(event_id, $p))",
+            {"p": self.prefix},
+        ).fetchone()[0]
+
+    def batches(self, start: int, count: int, size: int) -> Iterator[pl.DataFrame]:
+        """`count` consecutive batches of `size` events from position `start`."""
+        events = self.simulator.events(start + count * size).slice(start)
+        return (events.slice(offset, size) for offset in range(0, count * size, size))
+
+    def write_files(self, folder: Path, start: int, events: int, per_file: int) -> list[Path]:
+        """The `events` events from position `start` as JSON Lines files of `per_file` events."""
+        frame = self.simulator.events(start + events).slice(start)
+        seed = self.simulator.config.seed
+        return [write_events(frame.slice(offset, per_file), folder / f"sim-s{seed}-e{start + offset:010d}.jsonl")
+                for offset in range(0, events, per_file)]
 
 
-def oracle_lists(simulator: Simulator, users: list[str], seen: pl.DataFrame, at, k: int) -> pl.DataFrame:
-    """Each user's k most relevant items by the simulator's ground truth, excluding what they touched."""
-    item_ids = np.asarray(simulator.item_ids, dtype=object)
-    position = {item: i for i, item in enumerate(item_ids)}
-    row = {user: i for i, user in enumerate(users)}
-    mask = np.zeros((len(users), len(item_ids)), dtype=bool)
-    known = seen.filter(pl.col("item_id").is_in(list(position)))
-    mask[[row[u] for u in known["user_id"]], [position[i] for i in known["item_id"]]] = True
-    top = top_k_excluding(simulator.relevance_matrix(users, at), mask, k).ravel()
-    lists = pl.DataFrame({
-        "user_id": np.repeat(users, k).tolist(),
-        "item_id": item_ids[np.maximum(top, 0)].tolist(),
-        "rank": np.tile(np.arange(1, k + 1), len(users)).astype(np.int32),
-    })
-    return lists.filter(pl.Series(top >= 0))  # PAD: fewer than k items left for a user
+def run_demo(pipeline: OnlinePipeline, stream: SimulatedStream, start: int, batches: int, events_per_batch: int,
+             history: pl.DataFrame, after_batch: Callable[[int, list[dict]], None] | None = None) -> list[dict]:
+    """`batches` batches of the stream from `start`, scored (NDCG@10 and more, one row per batch and
+    policy: champion, popularity, oracle) before `pipeline` learns each; `history` is what the
+    pipeline had learnt before (its validated events), for the targets and exclusions."""
+    policies = {"champion": pipeline, "popularity": PopularityFloor(pipeline), "oracle": Oracle(stream.simulator)}
+    return score_then_learn(policies, stream.batches(start, batches, events_per_batch), DEMO_K,
+                           len(stream.simulator.item_ids), history, after_batch)

@@ -1,4 +1,4 @@
-"""Ranking metrics of the evaluation protocol (DESIGN.md, "Evaluation protocol").
+"""Ranking metrics of the evaluation protocol (`../shared/DESIGN.md`, "Evaluation protocol").
 
 Full-catalogue top-K (no sampled negatives) excluding items the user touched before, then
 Recall@K = hits / min(|target|, K) and NDCG@K with binary relevance, DCG discount log2(rank + 1)

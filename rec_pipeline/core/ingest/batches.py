@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import duckdb
 import polars as pl
 
+from rec_pipeline.core.errors import InputError, NotFoundError
 from rec_pipeline.core.ingest.contract import EVENT_COLUMNS, EVENT_SCHEMA
 from rec_pipeline.core.ingest.quality import BatchProfile, CheckOutcome
 from rec_pipeline.core.ops.warehouse import transaction
@@ -76,10 +77,17 @@ def record_checks(
 def set_operator_decision(con: duckdb.DuckDBPyConnection, batch_id: str, decision: str) -> None:
     """`release` a held-back batch to training, or `drop` any batch from it."""
     if decision not in ("released", "dropped"):
-        raise ValueError(f"decision must be 'released' or 'dropped', not {decision!r}")
+        raise InputError(f"decision must be 'released' or 'dropped', not {decision!r}")
     updated = con.execute(
         "UPDATE ingested_files SET quality_status = ? WHERE batch_id = ? AND status = 'landed'",
         [decision, batch_id],
     ).fetchone()[0]
     if updated == 0:
-        raise KeyError(f"no landed batch {batch_id}")
+        raise NotFoundError(f"no landed batch {batch_id}")
+
+
+def batch_overview(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict]:
+    """The latest `limit` batches, newest first, with their counts, quality status and failed checks."""
+    rows = con.execute("SELECT * FROM batch_overview ORDER BY landed_at DESC LIMIT ?", [limit])
+    names = [column[0] for column in rows.description]
+    return [dict(zip(names, row)) for row in rows.fetchall()]

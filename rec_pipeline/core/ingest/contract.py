@@ -1,4 +1,4 @@
-"""The behaviour-event contract (DESIGN.md, "Data contract") and the item catalogue schema.
+"""The behaviour-event contract (`../shared/DESIGN.md`, "Data contract") and the item catalogue schema.
 
 Every source (files, the simulator, MovieLens) produces frames with exactly these schemas, so the
 landing code, the quality suite and the features read one shape.
@@ -40,7 +40,7 @@ CATALOGUE_SCHEMA: dict[str, pl.DataType] = {
 
 @dataclass(frozen=True)
 class EventContract:
-    """The rules a landed event obeys; every bound is configurable, with the DESIGN.md defaults."""
+    """The rules a landed event obeys; every bound is configurable, with the defaults of `../shared/DESIGN.md`."""
 
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     earliest_ts: datetime = datetime(1990, 1, 1, tzinfo=timezone.utc)

@@ -23,8 +23,11 @@ import duckdb
 import polars as pl
 
 from rec_pipeline.core.ingest.contract import EventContract
-from rec_pipeline.core.ingest.normalize import CONTENT_EVENT_ID, contract_parameters, normalize_sql
-from rec_pipeline.core.ops.pseudonymization import Pseudonymizer
+from rec_pipeline.core.ingest.normalize import (
+    CONTENT_EVENT_ID,
+    contract_parameters,
+    normalize_sql,
+)
 from rec_pipeline.core.ingest.sources import (
     REJECTS_TABLE,
     UnreadableFileError,
@@ -34,6 +37,7 @@ from rec_pipeline.core.ingest.sources import (
     format_suffix,
     record_source,
 )
+from rec_pipeline.core.ops.pseudonymization import Pseudonymizer
 from rec_pipeline.core.ops.warehouse import Warehouse, transaction
 
 # Errors that mean "this file cannot be read"; anything else is a bug and propagates.

@@ -1,6 +1,6 @@
 """The event contract as one SQL query: raw text fields in, typed events and a reject reason out.
 
-Every rule of DESIGN.md's contract is a clause of `reason`; a row with no reason lands. A row that
+Every rule of the contract in `../shared/DESIGN.md` is a clause of `reason`; a row with no reason lands. A row that
 could not be parsed carries its parse error; any other row lists every rule it breaks, so one look
 at `events_rejected` says everything wrong with it.
 """

@@ -1,4 +1,4 @@
-"""Data-quality checks for one landed batch of behaviour events (DESIGN.md, "Validation").
+"""Data-quality checks for one landed batch of behaviour events (`../shared/DESIGN.md`, "Validation").
 
 Two kinds of check, one `CheckOutcome` per `CHECK_SPECS` entry, in that order:
 

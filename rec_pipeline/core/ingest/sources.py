@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from rec_pipeline.core.errors import InputError
 from rec_pipeline.core.ingest.contract import EVENT_COLUMNS
 
 FORMATS = {
@@ -35,7 +36,7 @@ _ID_FIELDS = ("event_id", "user_id", "item_id", "event_type", "session_id")
 WHITESPACE = "' ' || chr(9) || chr(10) || chr(13)"
 
 
-class UnreadableFileError(ValueError):
+class UnreadableFileError(InputError):
     """The file as a whole cannot be read; nothing of it lands."""
 
 

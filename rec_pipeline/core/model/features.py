@@ -1,4 +1,4 @@
-"""Incremental, time-decayed ranking features (DESIGN.md, "Features (Polars)").
+"""Incremental, time-decayed ranking features (`../shared/DESIGN.md`, "Features (Polars)").
 
 Every decayed quantity is a sum ``S_h(t) = sum_e w_e * 2^(-(t - ts_e)/h)`` over a key's events. It
 is stored as a log-value anchored at a fixed epoch ``T0`` (``FeatureConfig.epoch``)::
@@ -65,6 +65,7 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 import polars as pl
 
+from rec_pipeline.core.errors import FeatureConfigError
 from rec_pipeline.core.ingest.contract import DEFAULT_EVENT_WEIGHTS, EVENT_SCHEMA
 from rec_pipeline.core.ops.warehouse import transaction
 
@@ -73,10 +74,6 @@ LN2 = math.log(2.0)
 _EPOCH_1970 = datetime(1970, 1, 1, tzinfo=UTC)
 _US_PER_HOUR = 3_600_000_000.0
 _STATE_TABLES = ("user_item_strength", "item_popularity", "user_activity", "user_category_affinity")
-
-
-class FeatureConfigError(RuntimeError):
-    """The feature state was built with another config (weights, half-lives or epoch)."""
 
 
 def _label(h: timedelta) -> str:
@@ -332,77 +329,87 @@ def update_features(
     ev = ev.with_columns((pl.col("lw") + LN2 * pl.col("t_us") / h_us).alias("term"))
     times = [pl.len().alias("n_events_new"), pl.col("ts").min().alias("first_ts_new"),
              pl.col("ts").max().alias("last_ts_new")]
-
     # Batch aggregates (order-independent expressions only; group_by output order is irrelevant).
     b_ui = ev.group_by("user_id", "item_id").agg(
         _lse_agg("term").alias("log_new"), *times,
         pl.col("event_type").sort_by("ts", "event_type").last().alias("last_type_new"),
     )
-    b_item = _item_aggregates(ev, config, times)
-    b_user = ev.group_by("user_id").agg(_lse_agg("term").alias("log_new"), *times)
-
     with transaction(con):
         if not _check_config(con, config):
             _adopt_config(con, config)
-        # user-item
-        old_ui = _fetch(con, "user_item_strength", b_ui.select("user_id", "item_id"))
-        ui = b_ui.join(old_ui, on=["user_id", "item_id"], how="left")
-        ui = ui.with_columns(pl.col("n_events").is_null().alias("is_new_pair"))
-        same_ts = pl.col("last_ts_new") == pl.col("last_ts")
-        newer = (pl.col("last_ts").is_null() | (pl.col("last_ts_new") > pl.col("last_ts"))
-                 | (same_ts & (pl.col("last_type_new") > pl.col("last_event_type"))))
-        ui = ui.with_columns(
-            _lse2("log_new", "log_strength").alias("log_strength"), *_merge_times(),
-            pl.when(newer).then("last_type_new").otherwise("last_event_type").alias("last_event_type"),
-        )
-        new_pairs = ui.filter("is_new_pair").select("user_id", "item_id")
-        ui = ui.select("user_id", "item_id", "log_strength", "n_events", "first_ts", "last_ts", "last_event_type")
-
-        # item popularity
-        old_item = _fetch(con, "item_popularity", b_item.select("item_id"))
-        item = b_item.join(old_item, on="item_id", how="left").join(
-            new_pairs.group_by("item_id").agg(pl.len().alias("n_users_new")), on="item_id", how="left")
-        item = item.select(
-            "item_id",
-            *[_lse2(f"new_{lb}", f"log_pop_{lb}").alias(f"log_pop_{lb}") for lb in config.popularity_labels],
-            *_merge_times(),
-            (pl.col("n_users").fill_null(0) + pl.col("n_users_new").fill_null(0)).alias("n_users"),
-        )
-
-        # user activity
-        old_user = _fetch(con, "user_activity", b_user.select("user_id"))
-        user = b_user.join(old_user, on="user_id", how="left").join(
-            new_pairs.group_by("user_id").agg(pl.len().alias("n_items_new")), on="user_id", how="left")
-        user = user.select(
-            "user_id", _lse2("log_new", "log_strength").alias("log_strength"), *_merge_times(),
-            (pl.col("n_items").fill_null(0) + pl.col("n_items_new").fill_null(0)).alias("n_items"),
-        )
-
-        # user-category affinity: LSE is associative, so aggregate the batch's user-item sums
-        with _registered(con, b_ui.select("item_id").unique()) as k:
-            cats = _query(
-                con,
-                f"SELECT DISTINCT item_id, category FROM (SELECT i.item_id, unnest(i.categories) AS category "
-                f"FROM items i JOIN {k} k ON i.item_id = k.item_id) WHERE category IS NOT NULL",
-            )
-        b_cat = b_ui.join(cats, on="item_id", how="inner").group_by("user_id", "category").agg(
-            _lse_agg("log_new").alias("log_new"))
-        n_cat = 0
-        if not b_cat.is_empty():
-            old_cat = _fetch(con, "user_category_affinity", b_cat.select("user_id", "category"))
-            cat = b_cat.join(old_cat, on=["user_id", "category"], how="left").select(
-                "user_id", "category", _lse2("log_new", "log_strength").alias("log_strength"))
-            n_cat = _write(con, "user_category_affinity", ["user_id", "category"], cat)
-
-        counts = FeatureUpdate(
+        written_pairs, new_pairs = _merge_user_items(con, b_ui)
+        return FeatureUpdate(
             n_events=len(ev),
             n_ignored=n_ignored,
-            user_item_strength=_write(con, "user_item_strength", ["user_id", "item_id"], ui),
-            item_popularity=_write(con, "item_popularity", ["item_id"], item),
-            user_activity=_write(con, "user_activity", ["user_id"], user),
-            user_category_affinity=n_cat,
+            user_item_strength=written_pairs,
+            item_popularity=_merge_items(con, _item_aggregates(ev, config, times), new_pairs, config),
+            user_activity=_merge_users(con, ev.group_by("user_id").agg(_lse_agg("term").alias("log_new"), *times),
+                                       new_pairs),
+            user_category_affinity=_merge_user_categories(con, b_ui),
         )
-    return counts
+
+
+def _merge_user_items(con: duckdb.DuckDBPyConnection, b_ui: pl.DataFrame) -> tuple[int, pl.DataFrame]:
+    """Merge the batch's user-item sums; returns (rows written, the pairs seen for the first time)."""
+    old_ui = _fetch(con, "user_item_strength", b_ui.select("user_id", "item_id"))
+    ui = b_ui.join(old_ui, on=["user_id", "item_id"], how="left")
+    ui = ui.with_columns(pl.col("n_events").is_null().alias("is_new_pair"))
+    same_ts = pl.col("last_ts_new") == pl.col("last_ts")
+    newer = (pl.col("last_ts").is_null() | (pl.col("last_ts_new") > pl.col("last_ts"))
+             | (same_ts & (pl.col("last_type_new") > pl.col("last_event_type"))))
+    ui = ui.with_columns(
+        _lse2("log_new", "log_strength").alias("log_strength"), *_merge_times(),
+        pl.when(newer).then("last_type_new").otherwise("last_event_type").alias("last_event_type"),
+    )
+    new_pairs = ui.filter("is_new_pair").select("user_id", "item_id")
+    ui = ui.select("user_id", "item_id", "log_strength", "n_events", "first_ts", "last_ts", "last_event_type")
+    return _write(con, "user_item_strength", ["user_id", "item_id"], ui), new_pairs
+
+
+def _merge_items(con: duckdb.DuckDBPyConnection, b_item: pl.DataFrame, new_pairs: pl.DataFrame,
+                 config: FeatureConfig) -> int:
+    """Merge the batch's item popularity per half-life; a new pair is a new distinct user."""
+    old_item = _fetch(con, "item_popularity", b_item.select("item_id"))
+    item = b_item.join(old_item, on="item_id", how="left").join(
+        new_pairs.group_by("item_id").agg(pl.len().alias("n_users_new")), on="item_id", how="left")
+    item = item.select(
+        "item_id",
+        *[_lse2(f"new_{lb}", f"log_pop_{lb}").alias(f"log_pop_{lb}") for lb in config.popularity_labels],
+        *_merge_times(),
+        (pl.col("n_users").fill_null(0) + pl.col("n_users_new").fill_null(0)).alias("n_users"),
+    )
+    return _write(con, "item_popularity", ["item_id"], item)
+
+
+def _merge_users(con: duckdb.DuckDBPyConnection, b_user: pl.DataFrame, new_pairs: pl.DataFrame) -> int:
+    """Merge the batch's user activity; a new pair is a new distinct item."""
+    old_user = _fetch(con, "user_activity", b_user.select("user_id"))
+    user = b_user.join(old_user, on="user_id", how="left").join(
+        new_pairs.group_by("user_id").agg(pl.len().alias("n_items_new")), on="user_id", how="left")
+    user = user.select(
+        "user_id", _lse2("log_new", "log_strength").alias("log_strength"), *_merge_times(),
+        (pl.col("n_items").fill_null(0) + pl.col("n_items_new").fill_null(0)).alias("n_items"),
+    )
+    return _write(con, "user_activity", ["user_id"], user)
+
+
+def _merge_user_categories(con: duckdb.DuckDBPyConnection, b_ui: pl.DataFrame) -> int:
+    """Merge the user-category affinities: LSE is associative, so the batch's user-item sums are
+    summed per category of the item (as the catalogue has it now)."""
+    with _registered(con, b_ui.select("item_id").unique()) as k:
+        cats = _query(
+            con,
+            f"SELECT DISTINCT item_id, category FROM (SELECT i.item_id, unnest(i.categories) AS category "
+            f"FROM items i JOIN {k} k ON i.item_id = k.item_id) WHERE category IS NOT NULL",
+        )
+    b_cat = b_ui.join(cats, on="item_id", how="inner").group_by("user_id", "category").agg(
+        _lse_agg("log_new").alias("log_new"))
+    if b_cat.is_empty():
+        return 0
+    old_cat = _fetch(con, "user_category_affinity", b_cat.select("user_id", "category"))
+    cat = b_cat.join(old_cat, on=["user_id", "category"], how="left").select(
+        "user_id", "category", _lse2("log_new", "log_strength").alias("log_strength"))
+    return _write(con, "user_category_affinity", ["user_id", "category"], cat)
 
 
 # ---------------------------------------------------------------------------------------------- readers

@@ -1,4 +1,4 @@
-"""The evaluation gate (DESIGN.md, "Evaluation gate"): promote the challenger or keep the champion.
+"""The evaluation gate (`../shared/DESIGN.md`, "Evaluation gate"): promote the challenger or keep the champion.
 
 All three `RankingMetrics` come from the same evaluation slice: the newest events neither model has
 trained on, with the popularity baseline on that slice as the absolute floor. Rules, in order:

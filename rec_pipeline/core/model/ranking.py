@@ -1,4 +1,4 @@
-"""Second-stage ranker: LightGBM lambdarank over retrieval candidates (DESIGN.md, "Ranking (LightGBM)").
+"""Second-stage ranker: LightGBM lambdarank over retrieval candidates (`../shared/DESIGN.md`, "Ranking (LightGBM)").
 
 Data
     One row per (user_id, item_id) candidate with ``retrieval_score``, ``retrieval_rank`` and the

@@ -11,7 +11,11 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from rec_pipeline.core.model.features import FeatureConfig, item_popularity_at, user_item_features
+from rec_pipeline.core.model.features import (
+    FeatureConfig,
+    item_popularity_at,
+    user_item_features,
+)
 from rec_pipeline.core.model.ranking import Ranker
 from rec_pipeline.core.model.retrieval import RetrievalModel
 

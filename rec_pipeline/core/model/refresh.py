@@ -1,4 +1,4 @@
-"""One micro-batch refresh of the online loop (DESIGN.md, "The online loop").
+"""One micro-batch refresh of the online loop (`../shared/DESIGN.md`, "The online loop").
 
 Given the validated events no refresh has consumed yet, in time order:
 1. the newest `holdout_fraction` of them is the gate's slice; neither model has learnt from it;
@@ -22,58 +22,31 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
-from rec_pipeline.core.evaluation.scoring import score_lists, seen_items, slice_targets
-from rec_pipeline.core.model.features import FeatureConfig, update_features
-from rec_pipeline.core.model.gate import GateDecision, GatePolicy, decide
 from rec_pipeline.core.evaluation.metrics import RankingMetrics
-from rec_pipeline.core.model.publish import publish_serving, replace_recommendations
-from rec_pipeline.core.model.ranking import Ranker, RankerConfig, label_candidates
-from rec_pipeline.core.model.recommender import FALLBACK, Recommender, order_by_score, popular_items, with_features
+from rec_pipeline.core.evaluation.scoring import score_lists, seen_items, slice_targets
+from rec_pipeline.core.model.config import RefreshConfig
+from rec_pipeline.core.model.features import update_features
+from rec_pipeline.core.model.gate import GateDecision, decide
+from rec_pipeline.core.model.lists import (
+    candidates_for,
+    model_lists,
+    popular_lists,
+    sample_users,
+)
+from rec_pipeline.core.model.publish import publish
+from rec_pipeline.core.model.ranking import Ranker, label_candidates
+from rec_pipeline.core.model.recommender import Recommender, with_features
 from rec_pipeline.core.model.registry import ModelRegistry, new_version
-from rec_pipeline.core.model.retrieval import RetrievalConfig, RetrievalModel, interactions_from_events
+from rec_pipeline.core.model.retrieval import RetrievalModel, interactions_from_events
+from rec_pipeline.core.model.serving import publish_serving
 from rec_pipeline.core.ops.warehouse import Warehouse, transaction
-
-
-@dataclass(frozen=True)
-class RefreshConfig:
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    ranker: RankerConfig = field(default_factory=RankerConfig)
-    gate: GatePolicy = field(default_factory=GatePolicy)
-    k: int = 20  # recommendations published per user
-    eval_k: int = 10
-    candidates: int = 50  # retrieval candidates the ranker orders per user (benchmarks/README.md: 50 vs 100)
-    popular_candidates: int = 50  # plus the most popular items now (longest popularity window); 0: none
-    holdout_fraction: float = 0.2
-    replay_events: int = 50_000  # recent history mixed into each retrieval refresh
-    ranker_users: int = 5_000  # users sampled to train the ranker each refresh
-    eval_users: int = 5_000
-    exclude_event_types: tuple[str, ...] = ("purchase", "rating")  # never recommended again
-    publish_chunk_users: int = 10_000  # users ranked at once when publishing (bounds memory)
-    # Users and items with no event for this long (before the newest trained event) lose their
-    # embedding rows: the tables stop growing with everyone ever seen. None keeps every id.
-    expire_after_days: float | None = 90.0
-    # True: every refresh trains both models from scratch, retrieval on all history (the replay's
-    # full-retrain baseline); False: warm start from the champion (the online loop).
-    from_scratch: bool = False
-
-    def __post_init__(self) -> None:
-        counts = ("k", "eval_k", "candidates", "ranker_users", "eval_users", "publish_chunk_users")
-        if any(getattr(self, name) < 1 for name in counts) or self.popular_candidates < 0:
-            raise ValueError(f"{', '.join(counts)} must be >= 1 and popular_candidates >= 0")
-        if self.candidates < self.k:
-            raise ValueError(f"candidates ({self.candidates}) must be >= k ({self.k}): lists are cut from them")
-        if not 0 < self.holdout_fraction < 1 or self.replay_events < 0:
-            raise ValueError("holdout_fraction must be in (0, 1) and replay_events >= 0")
-        if self.expire_after_days is not None and self.expire_after_days <= 0:
-            raise ValueError("expire_after_days must be > 0 (or None to keep every id)")
 
 
 @dataclass(frozen=True)
@@ -110,8 +83,7 @@ def refresh(
     stages = _Stages()
     with warehouse.connect() as con:
         new = _unconsumed_events(con)
-        champion_row = registry.champion(con)
-        champion = Recommender.load(registry.verified_artifact(con, champion_row.version)) if champion_row else None
+        champion_row, champion = registry.load_champion(con) or (None, None)
         if new.is_empty():
             return RefreshResult(0, None, champion_row.version if champion_row else None, False,
                                  "no new validated events", {}, 0, {})
@@ -227,13 +199,6 @@ def _train_ranker(con, retrieval: RetrievalModel, base: Ranker | None, train: pl
     return Ranker.fit(labelled, config.ranker, base=base)
 
 
-def sample_users(values: list[str], limit: int) -> list[str]:
-    if len(values) <= limit:
-        return values
-    step = len(values) / limit
-    return [values[int(i * step)] for i in range(limit)]
-
-
 def _evaluate(con, challenger: Recommender, champion: Recommender | None, holdout: pl.DataFrame,
               at: datetime, config: RefreshConfig) -> GateDecision:
     targets = slice_targets(con, holdout)
@@ -251,41 +216,6 @@ def _evaluate(con, challenger: Recommender, champion: Recommender | None, holdou
 
     return decide(metrics(challenger), metrics(champion) if champion else None,
                   score_lists(floor_lists, targets, n_items, config.eval_k), config.gate)
-
-
-def model_lists(con, model: Recommender, users: list[str], seen: pl.DataFrame, at: datetime,
-                 config: RefreshConfig, fallback: pl.DataFrame) -> pl.DataFrame:
-    """[user_id, item_id, rank, score, ...]: the model's ranking; users it does not know get `fallback`."""
-    ranked = model.rank(con, candidates_for(con, model, users, seen, at, config), at, config.features)
-    unknown = fallback.filter(~pl.col("user_id").is_in(ranked["user_id"].unique().implode()))
-    return pl.concat([ranked.select("user_id", "item_id", "rank", "score"),
-                      unknown.select("user_id", "item_id", "rank", "score")])
-
-
-def candidates_for(con, model: Recommender, users: list[str], seen: pl.DataFrame, at: datetime,
-                   config: RefreshConfig) -> pl.DataFrame:
-    """The candidates `model` ranks for `users`: retrieval's and the popular items of the moment."""
-    popular = (popular_items(con, at, config.features, config.popular_candidates)["item_id"].to_list()
-               if config.popular_candidates else None)
-    return model.candidates(users, config.candidates, seen, popular)
-
-
-def popular_lists(con, users: list[str], seen: pl.DataFrame, at: datetime, config: RefreshConfig,
-                  trending: bool) -> pl.DataFrame:
-    """Each user's most popular (or trending) items they have not touched, ranked."""
-    return popular_lists_from(popular_pool(con, seen, at, config, trending), users, seen, config.k)
-
-
-def popular_pool(con, seen: pl.DataFrame, at: datetime, config: RefreshConfig, trending: bool) -> pl.DataFrame:
-    """The most popular (or trending) items, enough that every user keeps `k` after their `seen` ones."""
-    longest_seen = seen.group_by("user_id").len()["len"].max() or 0
-    return popular_items(con, at, config.features, config.k + longest_seen, trending=trending)
-
-
-def popular_lists_from(pool: pl.DataFrame, users: list[str], seen: pl.DataFrame, k: int) -> pl.DataFrame:
-    every = pl.DataFrame({"user_id": users}, schema={"user_id": pl.String}).join(
-        pool.select("item_id", "score"), how="cross")
-    return order_by_score(every.join(seen, on=["user_id", "item_id"], how="anti")).filter(pl.col("rank") <= k)
 
 
 def _register(con, registry: ModelRegistry, challenger: Recommender, champion_row, train: pl.DataFrame,
@@ -306,57 +236,6 @@ def _register(con, registry: ModelRegistry, challenger: Recommender, champion_ro
     return version
 
 
-def publish(con: duckdb.DuckDBPyConnection, model: Recommender | None, version: str | None, at: datetime,
-            config: RefreshConfig, now: datetime) -> int:
-    """Top-K for every user the features know, from `model` (or the trending fallback for users it
-    does not know, and for everyone before any model is promoted), swapped in atomically with the
-    trending list; returns the rows written. Users are ranked `publish_chunk_users` at a time, so
-    memory is bounded by a chunk, not by the user count. `publish_serving` then copies the tables."""
-    users = con.sql("SELECT user_id FROM user_activity ORDER BY user_id").pl()["user_id"].to_list()
-    excluded = _never_again(con, config.exclude_event_types)
-    pool = popular_pool(con, excluded, at, config, trending=True)
-    trending = popular_items(con, at, config.features, config.k, trending=True)  # noqa: F841 (read by DuckDB)
-    trending = trending.with_columns(generated_at=pl.lit(now))
-
-    def chunks() -> Iterator[pl.DataFrame]:
-        for start in range(0, len(users), config.publish_chunk_users):
-            chunk = pl.Series("user_id", users[start:start + config.publish_chunk_users], dtype=pl.String)
-            seen = excluded.filter(pl.col("user_id").is_in(chunk.implode()))
-            shown = _explained_lists(con, model, version, chunk.to_list(), seen, at, config)
-            unknown = chunk.filter(~chunk.is_in(shown["user_id"].implode())).to_list()
-            fallback = popular_lists_from(pool, unknown, seen, config.k).with_columns(
-                model_version=pl.lit(FALLBACK), reason=pl.lit("trending now"))
-            yield pl.concat([shown, fallback.select(shown.columns)]).with_columns(generated_at=pl.lit(now))
-
-    with transaction(con):
-        con.execute("DELETE FROM trending_items")
-        con.execute("INSERT INTO trending_items SELECT item_id, rank, score, generated_at FROM trending")
-        return replace_recommendations(con, chunks())
-
-
-def _never_again(con: duckdb.DuckDBPyConnection, event_types: tuple[str, ...]) -> pl.DataFrame:
-    return con.sql(
-        "SELECT DISTINCT user_id, item_id FROM events_validated WHERE list_contains($types, event_type)",
-        params={"types": list(event_types)},
-    ).pl()
-
-
-def _explained_lists(con, model: Recommender | None, version: str | None, users: list[str], excluded: pl.DataFrame,
-                     at: datetime, config: RefreshConfig) -> pl.DataFrame:
-    """[user_id, item_id, rank, score, model_version, reason]: `model`'s top-K for the users it knows."""
-    columns = {"user_id": pl.String, "item_id": pl.String, "rank": pl.Int32, "score": pl.Float64,
-               "model_version": pl.String, "reason": pl.String}
-    if model is None:
-        return pl.DataFrame(schema=columns)
-    ranked = model.rank(con, candidates_for(con, model, users, excluded, at, config), at, config.features)
-    top = ranked.filter(pl.col("rank") <= config.k)
-    # Path attribution: the same top reason as TreeSHAP for ~92% of rows at ~1/50 of the cost.
-    reasons = (model.ranker.explain(top, method="path") if model.ranker is not None
-               else ["similar to what you engage with"] * top.height)
-    return top.select("user_id", "item_id", "rank", "score").with_columns(
-        model_version=pl.lit(version), reason=pl.Series(reasons, dtype=pl.String)).cast(columns)
-
-
 def _mark_consumed(con, new: pl.DataFrame, version: str, champion: str | None, decision: GateDecision,
                    published: int, stages: _Stages, now: datetime) -> None:
     batches = new.select("batch_id").unique()  # noqa: F841 (read by DuckDB)
@@ -373,7 +252,7 @@ def rollback(warehouse: Warehouse, registry: ModelRegistry, serving_path: Path, 
     """Make `version` the champion again (its artifact must verify) and republish its lists."""
     now = now or datetime.now(timezone.utc)
     with warehouse.connect() as con:
-        model = Recommender.load(registry.verified_artifact(con, version))
+        model = registry.load(con, version)
         with transaction(con):
             registry.make_champion(con, version)
             latest = con.execute("SELECT max(ts) FROM events_validated").fetchall()[0][0] or now

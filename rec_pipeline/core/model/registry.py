@@ -18,11 +18,9 @@ from pathlib import Path
 
 import duckdb
 
+from rec_pipeline.core.errors import ArtifactError, NotFoundError
+from rec_pipeline.core.model.recommender import Recommender
 from rec_pipeline.core.ops.warehouse import transaction
-
-
-class ArtifactError(RuntimeError):
-    """An artifact is missing, outside the models folder, or its files do not match the checksum."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ class ModelRegistry:
     def get(self, con: duckdb.DuckDBPyConnection, version: str) -> ModelVersion:
         rows = con.execute(f"SELECT {_COLUMNS} FROM model_registry WHERE version = ?", [version]).fetchall()
         if not rows:
-            raise KeyError(f"no model version {version}")
+            raise NotFoundError(f"no model version {version}")
         return _model_version(rows[0])
 
     def champion(self, con: duckdb.DuckDBPyConnection) -> ModelVersion | None:
@@ -128,6 +126,15 @@ class ModelRegistry:
         if artifact_checksum(folder) != model.checksum:
             raise ArtifactError(f"{version}: the files in {folder} do not match the registered checksum")
         return folder
+
+    def load(self, con: duckdb.DuckDBPyConnection, version: str) -> Recommender:
+        """The model of `version`, from its verified artifact."""
+        return Recommender.load(self.verified_artifact(con, version))
+
+    def load_champion(self, con: duckdb.DuckDBPyConnection) -> tuple[ModelVersion, Recommender] | None:
+        """The champion's registry row and model, or None before any promotion."""
+        row = self.champion(con)
+        return (row, self.load(con, row.version)) if row else None
 
     def make_champion(self, con: duckdb.DuckDBPyConnection, version: str) -> None:
         """Promote (or roll back to) `version`; the previous champion is retired. One transaction."""

@@ -14,10 +14,10 @@ from pathlib import Path
 import duckdb
 
 from rec_pipeline.core.model.features import FeatureConfig, forget_users
-from rec_pipeline.core.ops.pseudonymization import Pseudonymizer
-from rec_pipeline.core.model.publish import publish_serving
 from rec_pipeline.core.model.recommender import Recommender
 from rec_pipeline.core.model.registry import ModelRegistry
+from rec_pipeline.core.model.serving import publish_serving
+from rec_pipeline.core.ops.pseudonymization import Pseudonymizer
 from rec_pipeline.core.ops.warehouse import Warehouse, transaction
 
 
@@ -107,7 +107,7 @@ def _drop_embedding_rows(con: duckdb.DuckDBPyConnection, registry: ModelRegistry
     for model in registry.versions(con):
         if not Path(model.artifact_path).is_dir():  # pruned by housekeeping: nothing left to scrub
             continue
-        recommender = Recommender.load(registry.verified_artifact(con, model.version))
+        recommender = registry.load(con, model.version)
         if recommender.retrieval.known(ids).any():
             scrubbed = Recommender(recommender.retrieval.without_users(ids), recommender.ranker)
             replaced.append(registry.replace_artifact(con, model.version, scrubbed.save))

@@ -18,14 +18,12 @@ from pathlib import Path
 
 import duckdb
 
+from rec_pipeline.core.errors import WarehouseLockedError
+
 # The repository's top-level sql/ folder, shipped in the package as rec_pipeline/sql (a link to it
 # in a checkout, a copy in a wheel).
 SQL_DIR: Traversable = files("rec_pipeline") / "sql"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
-
-
-class WarehouseLockedError(RuntimeError):
-    """Another process held the warehouse file for longer than the lock timeout."""
 
 
 def migration_files(sql_dir: Traversable = SQL_DIR) -> list[tuple[int, Traversable]]:

@@ -4,13 +4,17 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from rec_pipeline.config import Settings
 from rec_pipeline.core.ingest import batches, quality
 from rec_pipeline.core.ingest.landing import LandingReport, land_file
 from rec_pipeline.core.ingest.landing_folder import archive_file
-from rec_pipeline.core.ops.pseudonymization import Pseudonymizer
 from rec_pipeline.defs.ingest.partitions import event_batches
-from rec_pipeline.defs.resources import WAREHOUSE_POOL, PipelineResource
+from rec_pipeline.defs.metadata import markdown_table
+from rec_pipeline.defs.resources import (
+    WAREHOUSE_POOL,
+    PipelineResource,
+    reported_as_failure,
+)
+from rec_pipeline.settings import Settings
 
 SEVERITY = {"ERROR": dg.AssetCheckSeverity.ERROR, "WARN": dg.AssetCheckSeverity.WARN}
 
@@ -44,8 +48,9 @@ def event_batch(context: dg.AssetExecutionContext, config: BatchFileConfig, pipe
     if not config.path and path.resolve().parent != settings.landing_dir.resolve():
         raise dg.Failure(description=f"partition {context.partition_key!r} names a file outside the landing folder",
                          allow_retries=False)
-    warehouse = pipeline.warehouse()
-    report = land_file(warehouse, path, pseudonymizer=Pseudonymizer.from_env())
+    warehouse = settings.warehouse()
+    with reported_as_failure():
+        report = land_file(warehouse, path, pseudonymizer=settings.pseudonymizer())
     if report.status == "failed":
         _archive_if_landing(path, settings, report.batch_id)
         raise dg.Failure(
@@ -96,13 +101,8 @@ def _landing_metadata(report: LandingReport, quality_status: str, rows: pl.DataF
         "dagster/column_schema": dg.TableSchema(
             columns=[dg.TableColumn(name, str(dtype)) for name, dtype in rows.schema.items()]
         ),
-        "preview": dg.MetadataValue.md(_markdown(rows.head(10))),
+        "preview": dg.MetadataValue.md(markdown_table(rows.head(10))),
     }
-
-
-def _markdown(frame: pl.DataFrame) -> str:
-    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True):
-        return str(frame)
 
 
 def _check_result(outcome: quality.CheckOutcome) -> dg.AssetCheckResult:

@@ -1,5 +1,6 @@
 """`dagster dev` as a child process, with its own DAGSTER_HOME and REC_PIPELINE_HOME, and a GraphQL
-client for it: what the end-to-end test and the freshness benchmark drive. Not used in production."""
+client for it: what the end-to-end test and the benchmarks under `dagster dev` drive (they run from a
+checkout; nothing of this ships in the package)."""
 
 from __future__ import annotations
 
