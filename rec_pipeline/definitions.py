@@ -16,6 +16,7 @@ from rec_pipeline.defs.operations.automation import (
     build_refresh_automation,
     housekeeping_job,
 )
+from rec_pipeline.defs.operations.stale_runs import build_stale_run_sensor
 from rec_pipeline.defs.refresh.assets import model_refresh, refresh_job
 from rec_pipeline.defs.resources import PipelineResource
 from rec_pipeline.settings import Settings
@@ -39,7 +40,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=[event_batch, *dg.map_asset_specs(fresh, [model_refresh])],
         jobs=[land_events_job, refresh_job, housekeeping_job],
         sensors=[build_landing_sensor(sensors), build_refresh_automation(sensors, settings.refresh_interval_s),
-                 build_failure_alerts(sensors)],
+                 build_failure_alerts(sensors), build_stale_run_sensor(sensors)],
         schedules=[build_nightly_housekeeping(schedules)],
         resources={"pipeline": PipelineResource.from_settings(settings)},
     )

@@ -55,7 +55,7 @@ def default_statuses(monkeypatch, automation: str | None) -> dict[str, str]:
 
 
 def test_automation_runs_by_default_and_one_setting_switches_it_off(home, monkeypatch):
-    names = {"landing_sensor", "refresh_automation", "failure_alerts", "nightly_housekeeping"}
+    names = {"landing_sensor", "refresh_automation", "failure_alerts", "stale_warehouse_holders", "nightly_housekeeping"}
     on, off = default_statuses(monkeypatch, None), default_statuses(monkeypatch, "off")
     assert set(on) == set(off) == names
     assert set(on.values()) == {"RUNNING"} and set(off.values()) == {"STOPPED"}

@@ -4,8 +4,10 @@ dropped into the landing folder must become published recommendations without an
 file must be held back with its failed check; the refresh job must run when launched through
 GraphQL; and the processes must stop when asked."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +18,14 @@ import pytest
 
 from rec_pipeline.core.evaluation.simulator import Simulator, SimulatorConfig
 from rec_pipeline_tests.dagster_dev import DagsterDev, wait_for
+from rec_pipeline_tests.helpers import big_events_file, wait_until_the_warehouse_is_held
 
 pytestmark = pytest.mark.slow
 
 EXPECTED_ASSETS = {"event_batch", "features", "challenger_model", "champion_model", "recommendations",
                    "serving_snapshot"}
-EXPECTED_AUTOMATION = {"landing_sensor", "refresh_automation", "failure_alerts", "nightly_housekeeping"}
+EXPECTED_AUTOMATION = {"landing_sensor", "refresh_automation", "failure_alerts", "stale_warehouse_holders",
+                       "nightly_housekeeping"}
 STARTUP_S, PIPELINE_S = 180, 420
 
 
@@ -116,6 +120,26 @@ def test_a_bad_file_is_held_back_with_its_failed_check(dev):
                              capture_output=True, text=True, check=True)
     [held] = [b for b in json.loads(batches.stdout) if b["path"].endswith("bad-batch.parquet")]
     assert held["quality_status"] == "failed" and "user_id_not_null" in held["failed_checks"]
+
+
+def test_a_run_worker_killed_while_it_holds_the_warehouse_does_not_block_later_runs(dev, tmp_path):
+    big = big_events_file(tmp_path / "big.parquet", 1_500_000)
+    os.replace(big, dev.pipeline_home / "landing" / "big.parquet")
+    holder = wait_until_the_warehouse_is_held(dev.dagster_home)
+    with instance(dev) as inst:
+        pids = {int(e.dagster_event.event_specific_data.metadata["pid"].value)
+                for e in inst.all_logs(holder, of_type=dg.DagsterEventType.ENGINE_EVENT)
+                if "pid" in getattr(e.dagster_event.event_specific_data, "metadata", {})}
+    assert pids, "the run worker logged its process"
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    small = Simulator(SimulatorConfig(seed=23, n_users=50, n_items=30)).events(300)
+    dev.drop(small, "after-the-kill.parquet")
+    [after] = wait_for("the next file's landing run", lambda: finished_runs(dev, "after-the-kill.parquet"), PIPELINE_S)
+    assert after.status == dg.DagsterRunStatus.SUCCESS
+    with instance(dev) as inst:
+        assert inst.get_run_by_id(holder).status == dg.DagsterRunStatus.FAILURE
 
 
 def test_dagster_dev_stops_cleanly(dev):

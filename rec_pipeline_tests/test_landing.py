@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -236,6 +238,55 @@ def test_file_that_is_not_what_its_suffix_says_fails(warehouse, land, write_file
     check(warehouse, land(write_file("good.jsonl", jsonl(event()))), read=1, landed=1)
 
 
+def _parquet_with_columns(path: Path, names: list[str]) -> Path:
+    columns = {"user_id": "u1", "item_id": "i1", "event_type": "view", "ts": T}
+    pq.write_table(pa.Table.from_arrays([pa.array([columns.get(name.lower(), "x")]) for name in names], names=names),
+                   path)
+    return path
+
+
+@pytest.mark.parametrize("repeated", ["user_id", "USER_ID", "extra"])
+def test_parquet_with_a_repeated_column_name_fails_with_its_reason_and_the_next_file_lands(
+        warehouse, land, tmp_path, repeated):
+    """It raised KeyError (a bug: retried, and missing from the manifest). DuckDB would have read
+    `USER_ID` as a second `user_id`; a repeated column that landing ignores is just as ambiguous."""
+    names = ["user_id", "item_id", "event_type", "ts", "extra", repeated]
+    report = land(_parquet_with_columns(tmp_path / "repeated.parquet", names))
+    check_failed(warehouse, report, "repeated column names", repeated)
+    check(warehouse, land(_parquet_with_columns(tmp_path / "good.parquet", names[:4])), read=1, landed=1)
+
+
+def test_csv_header_repeating_a_name_in_another_case_fails_with_its_reason(warehouse, land, write_file):
+    """DuckDB's reader refused it with a BinderException: a bug, not a failed file."""
+    text = csv(csv_record(), header="event_id,user_id,item_id,event_type,ts,USER_ID\n")
+    check_failed(warehouse, land(write_file("case.csv", text)), "repeated column names", "USER_ID")
+
+
+@pytest.mark.parametrize("name", ["no_header.csv", "no_header.csv.gz"])
+def test_csv_without_a_header_row_is_refused_instead_of_losing_its_first_record(warehouse, land, write_file, name):
+    """Its first record was taken for a header: consumed, never counted, and every other row rejected."""
+    text = "".join(csv_record(f"e{i}", value="9.5", event_type="purchase") + "\n" for i in range(3))
+    data = gzip.compress(text.encode(), mtime=0) if name.endswith(".gz") else text
+    report = land(write_file(name, data))
+    check_failed(warehouse, report, "not a header", "missing: user_id, item_id, event_type, ts", "header row")
+    assert "u1" not in report.reason and "e0" not in report.reason, "the refusal repeats none of the record"
+
+
+@pytest.mark.parametrize("column", ["user_id", "item_id", "event_type", "ts"])
+def test_csv_header_not_naming_a_required_column_is_refused(warehouse, land, write_file, column):
+    names = CSV_HEADER.strip().split(",")
+    keep = [i for i, name in enumerate(names) if name != column]
+    records = [csv_record(f"e{i}").split(",") for i in range(3)]
+    text = ",".join(names[i] for i in keep) + "\n" + "".join(",".join(r[i] for i in keep) + "\n" for r in records)
+    check_failed(warehouse, land(write_file("nocol.csv", text)), f"missing: {column})")
+
+
+def test_csv_header_naming_the_required_columns_in_any_order_with_extras_lands(warehouse, land, write_file):
+    text = "ts,extra,event_type,item_id,user_id\n" + f"{T},x,view,i1,u1\n"
+    batch = check(warehouse, land(write_file("reordered.csv", text)), read=1, landed=1)
+    assert (batch.landed[0]["user_id"], batch.landed[0]["item_id"]) == ("u1", "i1")
+
+
 # --- encoding, BOM, line endings, blank lines -------------------------------------------------
 
 
@@ -366,6 +417,16 @@ def test_json_numbers_as_ids_become_text(warehouse, land, write_file):
     assert [(r["event_id"], r["user_id"], r["item_id"]) for r in batch.landed] == [("7", "123", "456")]
 
 
+@pytest.mark.parametrize("field", ["user_id", "item_id", "event_id", "session_id"])
+def test_json_nan_or_infinity_as_an_id_is_rejected_but_the_string_nan_lands(warehouse, land, write_file, field):
+    """DuckDB reads Python's NaN and Infinity literals as numbers, whose text became the id 'NaN'."""
+    literals = [json.dumps(event(**{"event_id": f"b{i}", field: "PLACEHOLDER"})).replace('"PLACEHOLDER"', literal)
+                for i, literal in enumerate(["NaN", "Infinity", "-Infinity"])]
+    text = jsonl(*literals, event(**{"event_id": "s", field: "NaN"}))
+    batch = check(warehouse, land(write_file("nan.jsonl", text)), read=4, landed=1, rejected=3)
+    assert all(r["reason"] == f"NaN or infinity where an id belongs: {field}" for r in batch.rejected)
+
+
 # --- contract rules ---------------------------------------------------------------------------
 
 # (case, fields changed on a valid event, expected reason substring); one line per case in one file.
@@ -461,17 +522,6 @@ def test_csv_reject_keeps_the_offending_raw_text(warehouse, land, write_file):
     assert "abc" in batch.only_reject["raw"]
 
 
-@pytest.mark.parametrize("column", ["user_id", "item_id", "event_type", "ts"])
-def test_csv_without_a_required_column_rejects_every_row(warehouse, land, write_file, column):
-    names = CSV_HEADER.strip().split(",")
-    keep = [i for i, name in enumerate(names) if name != column]
-    records = [csv_record(f"e{i}").split(",") for i in range(3)]
-    text = ",".join(names[i] for i in keep) + "\n" + "".join(",".join(r[i] for i in keep) + "\n" for r in records)
-    batch = check(warehouse, land(write_file("nocol.csv", text)), read=3, landed=0, rejected=3)
-    assert [r["source_row"] for r in batch.rejected] == [1, 2, 3]
-    assert all(r["reason"] == f"missing {column}" for r in batch.rejected)
-
-
 def test_event_type_is_case_insensitive_and_normalized_to_lower(warehouse, land, write_file):
     written = ["PURCHASE", "View", " click ", "Add_To_Cart", "RATING"]
     rows = [event(f"e{i}", event_type=t, value=4) for i, t in enumerate(written)]
@@ -514,13 +564,63 @@ def test_empty_quoted_csv_event_id_gets_a_hash_id(warehouse, land, write_file):
     assert batch.landed[0]["event_id"].startswith("h-")
 
 
+INVISIBLE_IDS = [
+    ("NUL inside", "u1\x00x", "contains a NUL character"),
+    ("NUL only", "\x00", "contains a NUL character"),
+    ("zero-width space", "\u200b", "is blank"),
+    ("zero-width joiners", "\u200c\u200d", "is blank"),
+    ("word joiner", "\u2060", "is blank"),
+    ("byte order mark", "\ufeff", "is blank"),
+    ("no-break and ideographic spaces", "\u00a0\u3000", "is blank"),
+    ("vertical tab and form feed", "\x0b\x0c", "is blank"),
+    ("spaces around a zero-width space", " \u200b\u2003 ", "is blank"),
+]
+
+
+@pytest.mark.parametrize("field", ["user_id", "item_id", "event_id", "session_id"])
+def test_ids_holding_a_nul_or_nothing_visible_are_rejected_naming_the_field(warehouse, land, write_file, field):
+    """They were accepted: a user id of one zero-width space, or one with a NUL in it."""
+    rows = [event(**{"event_id": f"b{i}", field: value}) for i, (_, value, _) in enumerate(INVISIBLE_IDS)]
+    batch = check(warehouse, land(write_file("invisible.jsonl", jsonl(*rows))),
+                  read=len(rows), landed=0, rejected=len(rows))
+    cases = [(case, i + 1, f"{field} {reason}", None) for i, (case, _, reason) in enumerate(INVISIBLE_IDS)]
+    assert mismatches(cases, batch) == {}
+
+
+def test_ids_with_a_visible_character_land_whatever_their_script_or_invisible_neighbours(warehouse, land, write_file):
+    ids = ["日本", "\u00e9", "u\u200b1", "\ufeffu2", "\u3000u3", "!", "~", "\U0001F600"]
+    rows = [event(f"v{i}", user_id=user, item_id=user, session_id=user) for i, user in enumerate(ids)]
+    batch = check(warehouse, land(write_file("visible.jsonl", jsonl(*rows))), read=len(ids), landed=len(ids))
+    assert [r["user_id"] for r in batch.landed] == ids
+
+
+def test_csv_id_with_a_raw_nul_byte_is_rejected(warehouse, land, write_file):
+    data = csv(csv_record("c1", user_id="a\x00b"), csv_record("c2", item_id="\u200b"), csv_record("c3"))
+    batch = check(warehouse, land(write_file("nul.csv", data)), read=3, landed=1, rejected=2)
+    assert [r["reason"] for r in batch.rejected] == ["user_id contains a NUL character",
+                                                     "item_id is blank (whitespace or zero-width characters only)"]
+
+
 # --- duplicates and idempotence ---------------------------------------------------------------
 
 
 def test_duplicate_event_ids_within_a_file_first_occurrence_lands(warehouse, land, write_file):
-    text = jsonl(event("a", user_id="first"), event("b"), event("a", user_id="second"), event("a", user_id="third"))
+    text = jsonl(event("a", user_id="first"), event("b"), event("a", user_id="first"), event("a", user_id="first"))
     batch = check(warehouse, land(write_file("dups.jsonl", text)), read=4, landed=2, duplicates=2)
     assert [(r["event_id"], r["user_id"], r["source_row"]) for r in batch.landed] == [("a", "first", 1), ("b", "u1", 2)]
+
+
+def test_an_event_id_repeated_with_other_contents_in_one_file_is_quarantined_as_a_conflict(
+        warehouse, land, write_file):
+    """It was counted as a plain duplicate, the other version gone without a trace."""
+    text = jsonl(event("a", user_id="first"), event("b"), event("a", user_id="second"), event("a", user_id="first"),
+                 event("a", value=1, event_type="purchase", user_id="first"))
+    batch = check(warehouse, land(write_file("conflict.jsonl", text)), read=5, landed=2, duplicates=1, rejected=2)
+    assert [(r["event_id"], r["user_id"], r["source_row"]) for r in batch.landed] == [("a", "first", 1), ("b", "u1", 2)]
+    assert [(r["source_row"], r["reason"], r["user_id"]) for r in batch.rejected] == [
+        (3, "event_id a already landed with other contents at row 1 of this file", "second"),
+        (5, "event_id a already landed with other contents at row 1 of this file", "first")]
+    assert batch.rejected[1]["event_type"] == "purchase", "the conflicting version is kept whole"
 
 
 def test_rejected_first_occurrence_does_not_shadow_a_valid_later_one(warehouse, land, write_file):
@@ -531,9 +631,27 @@ def test_rejected_first_occurrence_does_not_shadow_a_valid_later_one(warehouse, 
 
 def test_duplicate_event_ids_across_files(warehouse, land, write_file):
     check(warehouse, land(write_file("one.jsonl", jsonl(event("a"), event("b")))), read=2, landed=2)
-    check(warehouse, land(write_file("two.jsonl", jsonl(event("b", user_id="changed"), event("c")))),
-          read=2, landed=1, duplicates=1)
+    check(warehouse, land(write_file("two.jsonl", jsonl(event("b"), event("c")))), read=2, landed=1, duplicates=1)
     assert query(warehouse, "SELECT user_id FROM events WHERE event_id = 'b'") == [{"user_id": "u1"}]
+
+
+def test_an_event_id_already_landed_with_other_contents_is_quarantined_as_a_conflict(warehouse, land, write_file):
+    """Another file's version of a landed event_id was counted as a duplicate, with no trace."""
+    first = check(warehouse, land(write_file("one.jsonl", jsonl(event("a"), event("b")))), read=2, landed=2)
+    text = jsonl(event("b", user_id="changed"), event("c"), event("b"), event("b", ts="2024-01-01T11:00:00Z"),
+                 event("b", user_id="changed"))
+    batch = check(warehouse, land(write_file("two.jsonl", text)), read=5, landed=1, duplicates=1, rejected=3)
+    reason = f"event_id b already landed with other contents in batch {first.report.batch_id}"
+    assert [(r["source_row"], r["reason"]) for r in batch.rejected] == [(1, reason), (4, reason), (5, reason)]
+    assert query(warehouse, "SELECT user_id, ts FROM events WHERE event_id = 'b'") == [{"user_id": "u1", "ts": T_UTC}]
+
+
+def test_a_conflict_is_judged_on_normalized_contents_so_another_format_of_an_event_is_a_duplicate(
+        warehouse, land, write_file):
+    as_jsonl = jsonl(event("a", ts="2024-01-01T11:00:00+01:00", event_type="Purchase", value=9.5))
+    as_csv = csv(csv_record("a", ts="1704103200", event_type="purchase", value="9.50"))
+    check(warehouse, land(write_file("one.jsonl", as_jsonl)), read=1, landed=1)
+    check(warehouse, land(write_file("two.csv", as_csv)), read=1, landed=0, duplicates=1)
 
 
 def test_same_file_twice_is_already_landed_and_changes_nothing(warehouse, land, write_file):
@@ -851,6 +969,21 @@ def test_parquet_struct_or_list_typed_id_is_rejected_like_jsonl(warehouse, land,
     assert all("user_id" in r["reason"] and "item_id" in r["reason"] for r in batch.rejected)
 
 
+@pytest.mark.parametrize("arrow_type", [pa.float64(), pa.float32()])
+@pytest.mark.parametrize("field", ["user_id", "item_id", "event_id", "session_id"])
+def test_parquet_nan_or_infinite_float_id_is_rejected_not_landed_as_nan(warehouse, land, tmp_path, field, arrow_type):
+    """A NaN user id landed as the user "nan" (and every NaN as that one user)."""
+    columns = {"event_id": ["p1", "p2", "p3", "p4"], "user_id": ["u1"] * 4, "item_id": ["i1"] * 4,
+               "event_type": ["view"] * 4, "ts": [T] * 4, "session_id": ["s"] * 4}
+    columns[field] = pa.array([float("nan"), 7.0, float("inf"), float("-inf")], arrow_type)
+    path = tmp_path / "nan.parquet"
+    pq.write_table(pa.table(columns), path)
+    batch = check(warehouse, land(path), read=4, landed=1, rejected=3)
+    assert [r["source_row"] for r in batch.rejected] == [1, 3, 4]
+    assert all(r["reason"] == f"NaN or infinity where an id belongs: {field}" for r in batch.rejected)
+    assert batch.landed[0][field] == "7.0"
+
+
 # --- property: random mixes of valid and invalid JSONL lines ----------------------------------
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -914,16 +1047,19 @@ INVALID_LINES = st.sampled_from([
 BLANK_LINES = st.sampled_from([b"", b"   "]).map(lambda line: ("blank", line, None, None))
 
 
-def first_occurrences(valid: list[tuple]) -> dict:
-    """{record number: expected row} of the valid (number, event_id, expected) records that land: the
-    first of each event_id, or of each content when there is no id."""
-    first_rows, seen_keys = {}, set()
+def first_occurrences(valid: list[tuple]) -> tuple[dict, list[int]]:
+    """Of the valid (number, event_id, expected) records: {record number: expected row} of those
+    that land (the first of each event_id, or of each content when there is no id), and the numbers
+    of the conflicts (a later record of an event_id with other contents)."""
+    first_rows, seen, conflicts = {}, {}, []
     for n, eid, exp in valid:
         key = ("id", eid) if eid is not None else ("hash", exp)
-        if key not in seen_keys:
-            seen_keys.add(key)
+        if key not in seen:
+            seen[key] = exp
             first_rows[n] = exp
-    return first_rows
+        elif seen[key] != exp:
+            conflicts.append(n)
+    return first_rows, conflicts
 
 
 def landed_as_expected(batch: Batch) -> dict:
@@ -963,13 +1099,14 @@ def test_random_jsonl_mixes_are_fully_accounted_and_round_trip(tmp_path, now):
 
         non_blank = [(n, kind, eid, exp) for n, (kind, _, eid, exp) in enumerate(lines, start=1) if kind != "blank"]
         valid = [(n, eid, exp) for n, kind, eid, exp in non_blank if kind == "valid"]
-        first_rows = first_occurrences(valid)
+        first_rows, conflicts = first_occurrences(valid)
         batch = check(wh, report, read=len(non_blank), landed=len(first_rows),
-                      duplicates=len(valid) - len(first_rows), rejected=len(non_blank) - len(valid))
+                      duplicates=len(valid) - len(first_rows) - len(conflicts),
+                      rejected=len(non_blank) - len(valid) + len(conflicts))
         assert landed_as_expected(batch) == first_rows
         assert all(r["session_id"] == f"example-{k}" for r in batch.landed)
-        assert sorted(r["source_row"] for r in batch.rejected) == [n for n, kind, _, _ in non_blank
-                                                                    if kind == "invalid"]
+        assert sorted(r["source_row"] for r in batch.rejected) == sorted(
+            [n for n, kind, _, _ in non_blank if kind == "invalid"] + conflicts)
 
     run()
 
@@ -1013,9 +1150,10 @@ def test_random_csv_mixes_are_fully_accounted_and_round_trip(tmp_path, now):
         report = land_file(warehouse, path, now=now)
 
         valid = [(n, eid, exp) for n, (kind, _, eid, exp) in enumerate(rows, start=1) if kind == "valid"]
-        first_rows = first_occurrences(valid)
+        first_rows, conflicts = first_occurrences(valid)
         batch = check(warehouse, report, read=len(rows), landed=len(first_rows),
-                      duplicates=len(valid) - len(first_rows), rejected=len(rows) - len(valid))
+                      duplicates=len(valid) - len(first_rows) - len(conflicts),
+                      rejected=len(rows) - len(valid) + len(conflicts))
         assert landed_as_expected(batch) == first_rows
 
     run()
@@ -1044,8 +1182,8 @@ def test_an_accounting_mismatch_rolls_the_whole_batch_back(warehouse, write_file
 
     real_insert = landing._insert_new_events
 
-    def insert_then_disagree(con, batch_id):
-        real_insert(con, batch_id)
+    def insert_then_disagree(*args):
+        real_insert(*args)
         raise landing.AccountingError("inserted 2 events, expected 1 new event ids")
 
     monkeypatch.setattr(landing, "_insert_new_events", insert_then_disagree)
@@ -1078,3 +1216,82 @@ def test_land_trusted_marks_a_whole_batch_passed_and_refuses_a_partial_one(wareh
         statuses = dict(con.execute("SELECT batch_id, quality_status FROM ingested_files").fetchall())
     assert statuses.pop(whole.batch_id) == "passed"
     assert list(statuses.values()) == ["pending"], "a batch that did not land whole is left to validation"
+
+
+# --- files that change while they are landed --------------------------------------------------
+
+
+def _grow(path: Path, rest: str) -> None:
+    with path.open("a") as handle:
+        handle.write(rest)
+
+
+def _rewrite_in_place(path: Path, whole: str) -> None:
+    """Same size, new bytes: only the mtime (set one second on, for coarse clocks) tells."""
+    mtime = path.stat().st_mtime_ns
+    path.write_text(whole)
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))
+
+
+def _writer_finishing_before_commit(monkeypatch, finish) -> None:
+    """The writer finishes after the file was read and before the landing commits."""
+    from rec_pipeline.core.ingest import landing
+
+    real_transaction, calls = landing.transaction, []
+
+    @contextmanager
+    def writer_finishes_first(con):
+        if not calls:
+            calls.append(finish())
+        with real_transaction(con):
+            yield
+
+    monkeypatch.setattr(landing, "transaction", writer_finishes_first)
+
+
+WHOLE = jsonl(event("e1"), event("e2"), event("e3"))
+
+
+@pytest.mark.parametrize("writer", ["grows", "rewrites in place"])
+def test_a_file_changing_while_it_is_landed_is_refused_and_lands_once_complete(
+        warehouse, write_file, monkeypatch, now, writer):
+    """Its half-written last line was quarantined as invalid JSON, without a word, under the
+    sha256 of a version of the file that never existed whole."""
+    from rec_pipeline.core.ingest.landing import FileChangedError
+
+    if writer == "grows":
+        path = write_file("growing.jsonl", WHOLE[:-20])
+        _writer_finishing_before_commit(monkeypatch, lambda: _grow(path, WHOLE[-20:]))
+    else:
+        path = write_file("growing.jsonl", WHOLE.replace("e3", "x3"))
+        _writer_finishing_before_commit(monkeypatch, lambda: _rewrite_in_place(path, WHOLE))
+    with pytest.raises(FileChangedError, match="growing.jsonl changed while it was being landed"):
+        land_file(warehouse, path, now=now)
+    counts = table_counts(warehouse)
+    assert (counts["events"], counts["events_rejected"]) == (0, 0), "nothing of it landed"
+    [manifest] = query(warehouse, "SELECT status, reason, rows_read FROM ingested_files")
+    assert manifest["status"] == "failed" and "changed while it was being landed" in manifest["reason"]
+
+    monkeypatch.undo()
+    check(warehouse, land_file(warehouse, path, now=now), read=3, landed=3)
+
+
+def test_a_gzip_file_cut_short_because_it_is_still_being_written_is_refused_not_failed_as_unreadable(
+        warehouse, write_file, monkeypatch, now):
+    from rec_pipeline.core.ingest import landing
+
+    compressed = gzip.compress(_many_jsonl_lines(50).encode(), mtime=0)
+    path = write_file("growing.jsonl.gz", compressed[: len(compressed) // 2])
+    real_stage = landing._stage_rows
+
+    def read_while_the_writer_goes_on(*args):
+        try:
+            real_stage(*args)
+        finally:
+            path.write_bytes(compressed)
+
+    monkeypatch.setattr(landing, "_stage_rows", read_while_the_writer_goes_on)
+    with pytest.raises(landing.FileChangedError):
+        land_file(warehouse, path, now=now)
+    monkeypatch.undo()
+    check(warehouse, land_file(warehouse, path, now=now), read=50, landed=50)

@@ -28,7 +28,8 @@ def test_an_unreachable_or_missing_webhook_is_reported_not_raised():
 def test_failures_are_recorded_once_and_reported_by_health(warehouse):
     with warehouse.connect() as con:
         assert health(con, NOW) == {"recommendations_generated_at": None, "recommendations_age_s": None,
-                                    "last_failure": None, "last_held_back": None, "last_gate_decision": None}
+                                    "last_failure": None, "last_held_back": None, "last_unreadable_file": None,
+                                    "last_gate_decision": None}
         record_failure(con, "r1", "refresh_job", "old", NOW - timedelta(hours=2), "sent")
         record_failure(con, "r2", "land_events_job", "disk full", NOW - timedelta(hours=1), "not configured")
         record_failure(con, "r2", "land_events_job", "reported twice", NOW, "sent")

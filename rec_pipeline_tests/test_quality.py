@@ -194,18 +194,35 @@ def test_event_type_mix_shift_warns():
     assert mix.metadata["largest_shifts"][0] == "view: 1.000 -> 0.200"
 
 
-def test_one_user_flooding_the_batch_fails():
+def test_one_user_flooding_the_batch_fails_without_naming_the_user():
     outcomes = run(plant(make_batch(), "user_id", range(120), "bot"))
     assert failed(outcomes) == {"user_flooding"}
     o = outcomes["user_flooding"]
     assert o.severity == "ERROR"
-    assert (o.metadata["top_id"], o.metadata["top_count"], o.metadata["share"]) == ("bot", 120, 0.6)
+    assert (o.metadata["top_count"], o.metadata["share"]) == (120, 0.6) and "top_id" not in o.metadata
 
 
-def test_one_item_flooding_the_batch_fails():
+def test_one_item_flooding_the_batch_fails_and_names_the_item():
     outcomes = run(plant(make_batch(), "item_id", range(150), "i-hot"))
     assert failed(outcomes) == {"item_flooding"}
-    assert outcomes["item_flooding"].metadata["top_count"] == 150
+    assert (outcomes["item_flooding"].metadata["top_id"], outcomes["item_flooding"].metadata["top_count"]) == (
+        "i-hot", 150)
+
+
+def test_no_check_reports_a_value_of_a_column_that_can_name_a_user():
+    """Dagster's event log keeps check metadata for good: a user id (or an event id, session or
+    context embedding one) is never listed, only counted."""
+    user = "alice@example.com"
+    batch = plant(make_batch(), "user_id", range(150), user)
+    batch = plant(batch, "event_id", range(20), f"{user}-1")
+    batch = plant(batch, "session_id", range(200), f"{user}/s")
+    batch = plant(batch, "context", range(200), f'{{"who": "{user}"}}')
+    batch = plant(batch, "user_id", range(150, 165), None)
+    outcomes = run(batch)
+    assert failed(outcomes) == {"user_flooding", "event_id_unique", "user_id_not_null"}
+    assert outcomes["event_id_unique"].metadata["unexpected_count"] == 20
+    assert user not in json.dumps([o.metadata for o in outcomes.values()])
+    assert "partial_unexpected_list" in outcomes["event_type_known"].metadata, "other columns still list values"
 
 
 def test_small_batches_are_not_judged_for_flooding():

@@ -27,17 +27,20 @@ def test_register_promote_and_roll_back(warehouse, registry):
     with warehouse.connect() as con:
         first = register(con, registry, "m-1")
         assert first.status == "challenger" and registry.champion(con) is None
-        registry.make_champion(con, "m-1")
+        registry.make_champion(con, "m-1", "gate", "first")
         register(con, registry, "m-2", parent="m-1")
-        registry.make_champion(con, "m-2")
+        registry.make_champion(con, "m-2", "gate", "better")
         assert registry.champion(con).version == "m-2"
         assert registry.get(con, "m-1").status == "retired"
         assert registry.get(con, "m-2").parent == "m-1"
 
-        registry.make_champion(con, "m-1")  # rollback
+        registry.make_champion(con, "m-1", "rollback", "by hand")
         assert registry.champion(con).version == "m-1"
         assert [m.status for m in registry.versions(con) if m.version == "m-2"] == ["retired"]
         assert con.execute("SELECT count(*) FROM model_registry WHERE status = 'champion'").fetchone()[0] == 1
+        history = registry.champion_history(con, "m-1")
+        assert [(h["promoted_by"], h["previous"], h["reason"]) for h in history] == [
+            ("gate", None, "first"), ("rollback", "m-2", "by hand")]
 
 
 def test_a_tampered_artifact_is_never_loaded(warehouse, registry):
@@ -71,7 +74,7 @@ def test_artifacts_outside_the_models_folder_are_refused(warehouse, registry, tm
 
 def test_unknown_versions_are_a_clear_error(warehouse, registry):
     with warehouse.connect() as con, pytest.raises(NotFoundError, match="no model version m-9"):
-        registry.make_champion(con, "m-9")
+        registry.make_champion(con, "m-9", "rollback", "by hand")
 
 
 def test_new_versions_are_unique_and_sortable():

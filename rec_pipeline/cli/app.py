@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
@@ -82,7 +83,10 @@ def run(
     with settings().warehouse().connect() as con:
         start = stream.position(con)
     files = stream.write_files(settings().imports_dir, start, events, events_per_file)
-    report_landing(land_files(files, as_json), as_json)
+    with _imports_discarded_when_pseudonymized(files):
+        report_landing(land_files(files, as_json), as_json)
+    with settings().warehouse().connect() as con:
+        stream.advance(con, start + events)
 
 
 @app.command()
@@ -100,7 +104,8 @@ def movielens(
     events_file = write_events(data.events, settings().imports_dir / f"movielens-{data.layout}.parquet")
     with settings().warehouse().connect() as con:
         upsert_items(con, data.items)
-    report_landing(land_files([events_file], as_json), as_json)
+    with _imports_discarded_when_pseudonymized([events_file]):
+        report_landing(land_files([events_file], as_json), as_json)
 
 
 @app.command()
@@ -151,17 +156,25 @@ def batches(as_json: JsonFlag = False, limit: Annotated[int, typer.Option(min=1)
 
 @app.command()
 def models(as_json: JsonFlag = False) -> None:
-    """The model registry, newest first."""
+    """The model registry, newest first: status, the gate's verdict, and who made it champion when."""
     from rec_pipeline.core.model.registry import ModelRegistry
 
+    registry = ModelRegistry(settings().models_dir)
     with settings().warehouse().connect() as con:
-        versions = ModelRegistry(settings().models_dir).versions(con)
-    records = [{"version": m.version, "status": m.status, "parent": m.parent, "trained_at": m.trained_at.isoformat(),
-                "metrics": m.metrics} for m in versions]
-    rows = [{"version": m["version"], "status": m["status"], "parent": m["parent"] or "", "trained_at": m["trained_at"],
+        records = [{"version": m.version, "status": m.status, "parent": m.parent,
+                    "trained_at": m.trained_at.isoformat(), "gate": _verdict(registry.gate_verdict(con, m.version)),
+                    "champion_history": registry.champion_history(con, m.version), "metrics": m.metrics}
+                   for m in registry.versions(con)]
+    rows = [{"version": m["version"], "status": m["status"], "gate": m["gate"],
+             "made champion by": ", ".join(h["promoted_by"] for h in m["champion_history"]),
+             "trained_at": m["trained_at"],
              **{f"{who} ndcg": f"{m['metrics'].get(f'{who}_ndcg', float('nan')):.4f}"
                 for who in ("challenger", "champion", "floor")}} for m in records]
     _print_records(rows, "models", records if as_json else None)
+
+
+def _verdict(verdict: tuple[bool, str] | None) -> str:
+    return "not judged" if verdict is None else ("promoted" if verdict[0] else "rejected")
 
 
 @app.command()
@@ -196,13 +209,14 @@ def refresh(as_json: JsonFlag = False) -> None:
 
 
 @app.command()
-def rollback(version: str) -> None:
+def rollback(version: str, force: Annotated[bool, typer.Option(help="Also a version the gate rejected.")] = False,
+             ) -> None:
     """Make an earlier model version the champion again and republish its recommendations."""
     from rec_pipeline.core.model.refresh import rollback as rollback_to
     from rec_pipeline.core.model.registry import ModelRegistry
 
     published = rollback_to(settings().warehouse(), ModelRegistry(settings().models_dir), settings().serving_path,
-                            version)
+                            version, force=force)
     Console(stderr=True).print(f"{version} is the champion; {published} recommendations published")
 
 
@@ -214,7 +228,8 @@ def forget(user_id: str, as_json: JsonFlag = False) -> None:
     from rec_pipeline.core.ops.forgetting import forget as forget_user
 
     report = forget_user(settings().warehouse(), ModelRegistry(settings().models_dir), settings().serving_path,
-                         user_id, settings().pseudonymizer()).as_dict()
+                         user_id, settings().pseudonymizer(),
+                         input_folders=(settings().imports_dir, settings().archive_dir)).as_dict()
     request = report.pop("request_id")
     rows = [{"removed from": place.replace("_", " "), "rows": count} for place, count in report.items()]
     _print_records(rows, f"forgotten (audit request {request})", report | {"request_id": request} if as_json else None)
@@ -242,8 +257,11 @@ def demo(
         start = stream.position(con)
 
     def land_and_refresh(batch: pl.DataFrame) -> dict:
-        path = settings().imports_dir / f"sim-s{seed}-{batch['event_id'][0]}.jsonl"
-        landed = summarize(land_files([write_events(batch, path)], as_json=True))
+        path = write_events(batch, settings().imports_dir / f"sim-s{seed}-{batch['event_id'][0]}.jsonl")
+        with _imports_discarded_when_pseudonymized([path]):
+            landed = summarize(land_files([path], as_json=True))
+        with home.warehouse.connect() as con:
+            stream.advance(con, start + pipeline.learnt * events_per_batch + batch.height)
         return {"landed": landed["landed"], "rejected": landed["rejected"], **_refresh_through_dagster()}
 
     pipeline = OnlinePipeline(home, learn_batch=land_and_refresh)
@@ -380,10 +398,24 @@ def _is_event_file(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
+@contextmanager
+def _imports_discarded_when_pseudonymized(files: list[Path]) -> Iterator[None]:
+    """The command line's own event files hold raw ids: with a key they go once landed (or refused)."""
+    from rec_pipeline.core.ops.pseudonymization import discard_imports
+
+    try:
+        yield
+    finally:
+        discard_imports(files, settings().pseudonymizer())
+
+
 def land_files(files: list[Path], as_json: bool):
     from rec_pipeline.cli.runs import dagster_instance, land_through_dagster
+    from rec_pipeline.core.ops.pseudonymization import verify_key
     from rec_pipeline.definitions import build_definitions
 
+    with settings().warehouse().connect() as con:  # a missing or wrong key: one line, before any file
+        verify_key(con, settings().pseudonymizer())
     definitions = build_definitions(settings())
     runs = []
     with dagster_instance(settings()) as instance, progress("landing", len(files), as_json or len(files) < 2) as tracker:

@@ -3,17 +3,22 @@ in-process on the Dagster instance the UI uses (DAGSTER_HOME) or an ephemeral on
 
 from __future__ import annotations
 
+import hashlib
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from filelock import FileLock
+from sqlalchemy.exc import IntegrityError
 
 from rec_pipeline.core.errors import RecPipelineError
 from rec_pipeline.core.ingest.landing import LandingReport, batch_id_for, file_sha256
 from rec_pipeline.defs.ingest.partitions import event_batches
+from rec_pipeline.defs.operations.stale_runs import wait_for_the_warehouse
 from rec_pipeline.settings import Settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -32,22 +37,41 @@ class BatchRun:
 
 @contextmanager
 def dagster_instance(settings: Settings) -> Iterator[dg.DagsterInstance]:
-    """The instance the UI uses when DAGSTER_HOME is set (shared run history), else an ephemeral one."""
+    """The instance the UI uses when DAGSTER_HOME is set (shared run history), else an ephemeral one.
+    Opening a new DAGSTER_HOME creates its storage: two commands started at once would both try, so
+    the first one does it under a lock while the other waits."""
     if settings.dagster_home is None:
         with dg.DagsterInstance.ephemeral() as instance:
             yield instance
-    else:
-        with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
-            yield instance
+        return
+    with FileLock(settings.dagster_home / ".rec_pipeline.init.lock"):
+        instance = dg.DagsterInstance.from_config(str(settings.dagster_home))
+    with instance:
+        yield instance
 
 
 def partition_key_for(path: Path) -> str:
-    return _UNSAFE.sub("_", path.name)
+    """The file's name and a digest of its full path: two files with the same name in different
+    folders are different batches."""
+    digest = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:8]
+    return f"{_UNSAFE.sub('_', path.name)}-{digest}"
+
+
+def add_partition(instance: dg.DagsterInstance, key: str) -> None:
+    """Add a partition of `event_batches`; one that exists (another command added it) is fine."""
+    if instance.has_dynamic_partition(event_batches.name, key):
+        return
+    try:
+        instance.add_dynamic_partitions(event_batches.name, [key])
+    except IntegrityError:  # added between the check and the insert
+        if not instance.has_dynamic_partition(event_batches.name, key):
+            raise
 
 
 def land_through_dagster(definitions: dg.Definitions, instance: dg.DagsterInstance, path: Path) -> BatchRun:
     key = partition_key_for(path)
-    instance.add_dynamic_partitions(event_batches.name, [key])
+    add_partition(instance, key)
+    wait_for_the_warehouse(instance, _say)
     result = definitions.resolve_job_def("land_events_job").execute_in_process(
         partition_key=key,
         run_config={"ops": {"event_batch": {"config": {"path": str(path.absolute())}}}, **QUIET},
@@ -69,12 +93,17 @@ def land_through_dagster(definitions: dg.Definitions, instance: dg.DagsterInstan
 
 def run_refresh(definitions: dg.Definitions, instance: dg.DagsterInstance, settings: Settings) -> dict:
     """One refresh through `refresh_job`: what it decided and published; `RunFailedError` if it failed."""
+    wait_for_the_warehouse(instance, _say)
     result = definitions.resolve_job_def("refresh_job").execute_in_process(
         instance=instance, raise_on_error=False, run_config=QUIET)
     if not result.success:
         raise RunFailedError(f"the refresh run {result.run_id} failed: {_failure_reason(result)}; "
                              f"{_where_the_log_is(result, instance, settings)}")
     return _refresh_outcome(result.asset_materializations_for_node("model_refresh"))
+
+
+def _say(line: str) -> None:
+    print(f"rec-pipeline: {line}", file=sys.stderr, flush=True)
 
 
 def _where_the_log_is(result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance, settings: Settings) -> str:

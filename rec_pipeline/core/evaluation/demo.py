@@ -24,19 +24,24 @@ DEMO_K = 10
 
 
 class SimulatedStream:
-    """The simulator's event stream for its seed, continued across commands: the next events are the
-    ones after every event of this stream already in the warehouse (landed or quarantined)."""
+    """The simulator's event stream for its seed, continued across commands from the position the
+    warehouse records (`simulation_streams`), not from what it holds: events a `forget` removed are
+    never generated again."""
 
     def __init__(self, simulator: Simulator):
         self.simulator = simulator
-        self.prefix = f"sim{simulator.config.seed}-"
+        self.seed = simulator.config.seed
 
     def position(self, con: duckdb.DuckDBPyConnection) -> int:
-        return con.execute(
-            "SELECT (SELECT count(*) FROM events WHERE starts_with(event_id, $p))"
-            " + (SELECT count(*) FROM events_rejected WHERE starts_with(event_id, $p))",
-            {"p": self.prefix},
-        ).fetchone()[0]
+        rows = con.execute("SELECT next_event FROM simulation_streams WHERE seed = ?", [self.seed]).fetchall()
+        return rows[0][0] if rows else 0
+
+    def advance(self, con: duckdb.DuckDBPyConnection, to: int) -> None:
+        """Record that the events before `to` were landed (called after landing them: a crash in
+        between makes the next command generate them again, and they land as duplicates)."""
+        con.execute("INSERT INTO simulation_streams VALUES (?, ?) ON CONFLICT (seed) DO UPDATE"
+                    " SET next_event = greatest(simulation_streams.next_event, excluded.next_event)",
+                    [self.seed, to])
 
     def batches(self, start: int, count: int, size: int) -> Iterator[pl.DataFrame]:
         """`count` consecutive batches of `size` events from position `start`."""
@@ -46,8 +51,7 @@ class SimulatedStream:
     def write_files(self, folder: Path, start: int, events: int, per_file: int) -> list[Path]:
         """The `events` events from position `start` as JSON Lines files of `per_file` events."""
         frame = self.simulator.events(start + events).slice(start)
-        seed = self.simulator.config.seed
-        return [write_events(frame.slice(offset, per_file), folder / f"sim-s{seed}-e{start + offset:010d}.jsonl")
+        return [write_events(frame.slice(offset, per_file), folder / f"sim-s{self.seed}-e{start + offset:010d}.jsonl")
                 for offset in range(0, events, per_file)]
 
 

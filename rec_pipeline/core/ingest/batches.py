@@ -50,7 +50,8 @@ def recent_profiles(con: duckdb.DuckDBPyConnection, batch_id: str, limit: int = 
         """,
         {"b": batch_id, "limit": limit},
     ).fetchall()
-    return [BatchProfile(rows=rows_read, event_type_counts=dict(mix)) for _, rows_read, mix in rows]
+    # A batch whose rows were all rejected has no event-type mix (NULL): an empty one.
+    return [BatchProfile(rows=rows_read, event_type_counts=dict(mix or {})) for _, rows_read, mix in rows]
 
 
 def record_checks(

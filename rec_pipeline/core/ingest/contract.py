@@ -30,6 +30,10 @@ EVENT_SCHEMA: dict[str, pl.DataType] = {
     "context": pl.String(),
 }
 EVENT_COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA)
+# The fields no event can do without: a CSV header must name them all, or it is not taken for one.
+REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type", "ts")
+# The fields that name something: text that is blank, holds a NUL or was a NaN number names nothing.
+ID_COLUMNS: tuple[str, ...] = ("event_id", "user_id", "item_id", "session_id")
 
 CATALOGUE_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.String(),

@@ -12,6 +12,8 @@ from datetime import datetime
 from rec_pipeline.core.ingest.contract import EventContract
 from rec_pipeline.core.ingest.sources import WHITESPACE
 
+# Characters that show nothing: Unicode separators (spaces), controls and format characters.
+_INVISIBLE = r"[\p{Z}\p{Cc}\p{Cf}]"
 # Epoch numbers at or above this are milliseconds: 1e11 seconds is the year 5138, 1e11 ms is 1973.
 EPOCH_MILLIS_FROM = 1e11
 # The event_id of an event its source gave none: a hash of its content, so a re-sent event is a
@@ -86,11 +88,19 @@ FROM checked"""
 
 
 def _id_rule(column: str, *, required: bool) -> str:
+    """An id names nothing when it holds a NUL or only invisible characters (Unicode spaces,
+    controls and format characters such as U+200B..U+200D, U+2060, U+FEFF). Those are refused, not
+    trimmed: trimming with them is several times slower than with ASCII whitespace, and would merge
+    ids silently. An id whose first character is visible ASCII has a visible character, so the
+    pattern only runs for the rare others."""
     missing = f"WHEN {column} IS NULL THEN 'missing {column}'" if required else ""
-    return (
-        f"CASE {missing} WHEN length({column}) > $max_id_length "
-        f"THEN '{column} longer than ' || $max_id_length || ' characters' END"
-    )
+    return f"""CASE {missing}
+                WHEN length({column}) > $max_id_length THEN '{column} longer than ' || $max_id_length || ' characters'
+                WHEN contains({column}, chr(0)) THEN '{column} contains a NUL character'
+                WHEN {column} < '!' OR {column} >= chr(127) THEN
+                    CASE WHEN regexp_full_match({column}, '{_INVISIBLE}+')
+                         THEN '{column} is blank (whitespace or zero-width characters only)' END
+           END"""
 
 
 def contract_parameters(contract: EventContract, now: datetime | None = None) -> dict:

@@ -19,6 +19,9 @@ Severity policy (the Dagster layer makes every check blocking):
 Row-level expectations use `mostly = 1 - max_bad_fraction`: `batch` holds every parsed row, the
 quarantined ones included, so a file with a few bad rows still lands its good rows, while a file in
 which more than `max_bad_fraction` of the rows break one rule is held back.
+
+The metadata names no user: Dagster's event log keeps it for good (a user who is forgotten could not
+be removed from it), so values of `USER_ID_CARRIERS` are never reported, only counts and shares.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ import polars as pl
 from rec_pipeline.core.ingest.contract import EVENT_COLUMNS, EventContract
 
 Metadata = dict[str, int | float | str | list | None]
+# Columns whose values can name a user: the id itself, a source's own event id (which may embed it),
+# and the free text of sessions and contexts.
+USER_ID_CARRIERS = ("user_id", "event_id", "session_id", "context")
 
 
 @dataclass(frozen=True)
@@ -236,19 +242,20 @@ def _gx_outcome(name: str, result: Any) -> CheckOutcome:
 
     Null cells are not counted by the between/in-set/unique rules (the not-null rules count them),
     and `unexpected_percent` is relative to the non-null cells. A duplicated event_id counts every
-    copy as unexpected.
+    copy as unexpected. Unexpected values are listed only for columns that cannot name a user.
     """
     config, summary = result.expectation_config, result.result or {}
-    partial = summary.get("partial_unexpected_list", [])[:_PARTIAL_LIMIT]
+    column = config.kwargs.get("column")
     metadata: Metadata = {
         "expectation_type": config.type,
-        "column": config.kwargs.get("column"),
+        "column": column,
         "mostly": config.kwargs.get("mostly"),
         "element_count": summary.get("element_count"),
         "unexpected_count": summary.get("unexpected_count"),
         "unexpected_percent": summary.get("unexpected_percent"),
-        "partial_unexpected_list": _jsonable(partial),
     }
+    if column not in USER_ID_CARRIERS:
+        metadata["partial_unexpected_list"] = _jsonable(summary.get("partial_unexpected_list", [])[:_PARTIAL_LIMIT])
     if "observed_value" in summary:
         metadata["observed_value"] = _jsonable(summary["observed_value"])
     if errors := _exception_messages(result.exception_info or {}):
@@ -331,7 +338,8 @@ def _shares(counts: dict[str, int]) -> dict[str, float]:
 def _flooding(
     name: str, batch: pl.DataFrame, column: str, max_share: float, t: QualityThresholds
 ) -> CheckOutcome:
-    """Largest single id's share of all rows; small batches are skipped (one user is 100% of 1 row)."""
+    """Largest single id's share of all rows; small batches are skipped (one user is 100% of 1 row).
+    The top id is named only when it cannot be a user's (an item's)."""
     metadata: Metadata = {"rows": batch.height, "max_share": max_share}
     counts = batch.get_column(column).drop_nulls().value_counts(sort=True)
     if batch.height < t.flood_min_rows or counts.is_empty():
@@ -339,5 +347,7 @@ def _flooding(
         return _outcome(name, True, metadata)
     top_id, top_count = counts.row(0)
     share = top_count / batch.height
-    metadata |= {"top_id": top_id, "top_count": top_count, "share": share}
+    metadata |= {"top_count": top_count, "share": share}
+    if column not in USER_ID_CARRIERS:
+        metadata["top_id"] = top_id
     return _outcome(name, share <= max_share, metadata)

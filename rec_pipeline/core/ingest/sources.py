@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import csv
 import gzip
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from rec_pipeline.core.errors import InputError
-from rec_pipeline.core.ingest.contract import EVENT_COLUMNS
+from rec_pipeline.core.ingest.contract import (
+    EVENT_COLUMNS,
+    ID_COLUMNS,
+    REQUIRED_COLUMNS,
+)
 
 FORMATS = {
     ".jsonl": "jsonl",
@@ -30,6 +35,12 @@ FORMATS = {
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _FIELDS = EVENT_COLUMNS
 _ID_FIELDS = ("event_id", "user_id", "item_id", "event_type", "session_id")
+# A JSON number DuckDB reads although JSON has no such number, as Python's json module writes NaN
+# and the infinities; as an id it would become the text 'NaN'.
+_NON_FINITE_JSON = ("NaN", "Infinity", "-Infinity")
+_ARROW_FLOATS = ("halffloat", "float", "double")
+_NESTED = "object, array or boolean where a string or number belongs"
+_NOT_FINITE = "NaN or infinity where an id belongs"
 
 
 # Characters `trim` strips from text fields and blank lines (DuckDB's default trims spaces only).
@@ -108,24 +119,27 @@ def _jsonl_source(path: Path) -> RecordSource:
 
     JSON functions only ever see lines that are JSON objects (CASE evaluates its branch only for
     the rows that take it), and each line is parsed once. A scalar field holding an object or array
-    (its text starts with '{' or '['), or an id holding a boolean, is looked up again, for those
-    rare rows only.
+    (its text starts with '{' or '['), an id holding a boolean, or an id reading NaN or Infinity
+    (a number, or a string that says so) is looked up again, for those rare rows only.
     """
     options = ("columns = {'line': 'VARCHAR'}, header = false, delim = '\\x1f', quote = '', escape = '',"
                " auto_detect = false, strict_mode = false")
     paths = ", ".join(f"'$.{field}'" for field in _FIELDS)
     scalars = [(i + 1, field) for i, field in enumerate(_FIELDS) if field != "context"]
     fields = ", ".join(f"fields[{i + 1}] AS {field}" for i, field in enumerate(_FIELDS))
-    maybe_nested = " OR ".join(
-        f"left(fields[{i}], 1) IN ('{{', '[')" + (f" OR fields[{i}] IN ('true', 'false')" if f in _ID_FIELDS else "")
+    maybe_wrong = " OR ".join(
+        f"left(fields[{i}], 1) IN ('{{', '[')" + (f" OR fields[{i}] IN {_literals(f)}" if f in _ID_FIELDS else "")
         for i, f in scalars
     )
-    nested = _nested_fields_error({f: f"json_type(line, '$.{f}') IN {_wrong_json_types(f)}" for _, f in scalars})
+    nested = {f: f"json_type(line, '$.{f}') IN {_wrong_json_types(f)}" for _, f in scalars}
+    not_finite = {f: f"fields[{i}] IN {_sql_tuple(_NON_FINITE_JSON)} AND json_type(line, '$.{f}') = 'DOUBLE'"
+                  for i, f in scalars if f in ID_COLUMNS}
+    wrong_type = _errors(_fields_error(_NESTED, nested), _fields_error(_NOT_FINITE, not_finite))
     records = f"""
 SELECT NULL::BIGINT AS source_row, skip, line AS raw,
        CASE WHEN skip THEN 'blank line'
             WHEN NOT is_object THEN CASE WHEN json_valid(line) THEN 'JSON line is not an object' ELSE 'invalid JSON' END
-            WHEN {maybe_nested} THEN {nested}
+            WHEN {maybe_wrong} THEN {wrong_type}
        END AS parse_error,
        {fields}
 FROM (
@@ -141,10 +155,33 @@ def _wrong_json_types(field: str) -> str:
     return "('OBJECT', 'ARRAY', 'BOOLEAN')" if field in _ID_FIELDS else "('OBJECT', 'ARRAY')"
 
 
-def _nested_fields_error(is_nested: dict[str, str]) -> str:
-    """SQL naming the fields (by their `is_nested` conditions) that hold an object or array."""
-    names = ", ".join(f"CASE WHEN {condition} THEN '{field}' END" for field, condition in is_nested.items())
-    return f"'object, array or boolean where a string or number belongs: ' || nullif(concat_ws(', ', {names}), '')"
+def _literals(field: str) -> str:
+    """The texts of an id field that may be a JSON value no id can be: a boolean, or NaN/Infinity."""
+    return _sql_tuple(("true", "false") + (_NON_FINITE_JSON if field in ID_COLUMNS else ()))
+
+
+def _sql_tuple(texts: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{text}'" for text in texts) + ")"
+
+
+def _fields_error(message: str, conditions: dict[str, str]) -> str:
+    """SQL for `message: ` and the fields whose SQL condition holds; NULL when none does."""
+    names = ", ".join(f"CASE WHEN {condition} THEN '{field}' END" for field, condition in conditions.items())
+    return f"'{message}: ' || nullif(concat_ws(', ', {names}), '')" if conditions else "NULL"
+
+
+def _errors(*errors: str) -> str:
+    """SQL joining the errors that apply, NULL when none does."""
+    return f"nullif(concat_ws('; ', {', '.join(errors)}), '')"
+
+
+def _refuse_repeated_columns(names: list[str], what: str) -> None:
+    """DuckDB matches column names ignoring case: `ts` and `TS` would be one column read twice
+    (the CSV reader refuses them, the Parquet reader silently renames the second)."""
+    counts = Counter(name.lower() for name in names)
+    repeated = sorted({name for name in names if counts[name.lower()] > 1})
+    if repeated or "" in names:
+        raise UnreadableFileError(f"{what} has empty or repeated column names (case is ignored): {repeated}")
 
 
 def _csv_source(path: Path) -> RecordSource:
@@ -163,16 +200,25 @@ def _csv_source(path: Path) -> RecordSource:
 
 
 def _csv_header(path: Path) -> list[str]:
-    """The column names of the first line; an empty file has none (and no rows)."""
+    """The column names of the first line; an empty file has none (and no rows).
+
+    A first line that does not name every required column is refused rather than taken for a
+    header: in a file without a header row it is the first record, which would be neither landed
+    nor counted. The refusal names only the missing columns: such a line holds a user's data.
+    """
     compressed = path.name.lower().endswith(".gz")
     if compressed and path.stat().st_size == 0:
         raise UnreadableFileError("an empty file is not a gzip stream")
     with (gzip.open if compressed else open)(path, "rb") as handle:
         first_line = handle.readline(MAX_LINE_BYTES).decode("utf-8-sig")
     header = [name.strip() for name in next(csv.reader([first_line]), [])]
-    duplicates = sorted({name for name in header if header.count(name) > 1})
-    if duplicates or "" in header:
-        raise UnreadableFileError(f"the CSV header has empty or repeated column names: {duplicates}")
+    missing = [name for name in REQUIRED_COLUMNS if name not in header]
+    if header and missing:
+        raise UnreadableFileError(
+            f"the first line is not a header naming {', '.join(REQUIRED_COLUMNS)} (missing: {', '.join(missing)}):"
+            " a CSV file needs a header row"
+        )
+    _refuse_repeated_columns(header, "the CSV header")
     return header
 
 
@@ -186,20 +232,23 @@ _EMPTY_RECORDS = (
 
 
 def _parquet_source(path: Path) -> RecordSource:
-    """Typed columns are read as text, so one set of contract rules serves every format."""
+    """Typed columns are read as text, so one set of contract rules serves every format. A float
+    id column's NaN or infinity is refused before it becomes the text 'nan' or 'inf'."""
     import pyarrow.parquet as pq
 
     try:
         schema = pq.read_schema(path)
     except Exception as error:  # pyarrow raises several types for a file that is not Parquet
         raise UnreadableFileError(f"not a readable Parquet file: {error}") from error
-    types = {name: str(schema.field(name).type) for name in schema.names}
+    _refuse_repeated_columns(schema.names, "the Parquet file")
+    types = {column.name: str(column.type) for column in schema}
     nested = {
         field: f'"{field}" IS NOT NULL'
         for field in _FIELDS
         if field != "context" and field in types and _is_nested(types[field])
     }
-    parse_error = _nested_fields_error(nested) if nested else "NULL::VARCHAR"
+    not_finite = {field: f'NOT isfinite("{field}")' for field in ID_COLUMNS if types.get(field) in _ARROW_FLOATS}
+    parse_error = _errors(_fields_error(_NESTED, nested), _fields_error(_NOT_FINITE, not_finite))
     fields = ", ".join(_parquet_field(field, types.get(field)) for field in _FIELDS)
     records = (f"SELECT file_row_number + 1 AS source_row, false AS skip, NULL::VARCHAR AS raw,"
                f" {parse_error} AS parse_error, {fields} FROM read_parquet($path, file_row_number = true)")

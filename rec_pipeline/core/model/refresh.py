@@ -29,6 +29,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from rec_pipeline.core.errors import InputError
 from rec_pipeline.core.evaluation.metrics import RankingMetrics
 from rec_pipeline.core.evaluation.scoring import score_lists, seen_items, slice_targets
 from rec_pipeline.core.model.config import RefreshConfig
@@ -230,7 +231,7 @@ def _register(con, registry: ModelRegistry, challenger: Recommender, champion_ro
          json.dumps(decision.metrics)],
     )
     if decision.promoted:
-        registry.make_champion(con, version)
+        registry.make_champion(con, version, "gate", decision.reason, now)
     else:
         registry.reject(con, version)
     return version
@@ -248,13 +249,19 @@ def _mark_consumed(con, new: pl.DataFrame, version: str, champion: str | None, d
 
 
 def rollback(warehouse: Warehouse, registry: ModelRegistry, serving_path: Path, version: str,
-             config: RefreshConfig = RefreshConfig(), now: datetime | None = None) -> int:
-    """Make `version` the champion again (its artifact must verify) and republish its lists."""
+             config: RefreshConfig = RefreshConfig(), now: datetime | None = None, force: bool = False) -> int:
+    """Make `version` the champion again (its artifact must verify) and republish its lists. A version
+    the gate rejected is refused unless `force`; `champion_history` records which it was."""
     now = now or datetime.now(timezone.utc)
     with warehouse.connect() as con:
+        verdict = registry.gate_verdict(con, version)
+        rejected = verdict is not None and not verdict[0]
+        if rejected and not force:
+            raise InputError(f"{version} was rejected by the gate ({verdict[1]}); roll back to it anyway with --force")
         model = registry.load(con, version)
         with transaction(con):
-            registry.make_champion(con, version)
+            registry.make_champion(con, version, "forced rollback" if rejected else "rollback",
+                                   f"rolled back by an operator{' past the gate' if rejected else ''}", now)
             latest = con.execute("SELECT max(ts) FROM events_validated").fetchall()[0][0] or now
             published = publish(con, model, version, latest, config, now)
         publish_serving(con, serving_path)

@@ -136,12 +136,31 @@ class ModelRegistry:
         row = self.champion(con)
         return (row, self.load(con, row.version)) if row else None
 
-    def make_champion(self, con: duckdb.DuckDBPyConnection, version: str) -> None:
-        """Promote (or roll back to) `version`; the previous champion is retired. One transaction."""
+    def make_champion(self, con: duckdb.DuckDBPyConnection, version: str, promoted_by: str, reason: str,
+                      now: datetime | None = None) -> None:
+        """Promote (or roll back to) `version`; the previous champion is retired; `champion_history`
+        records who did it and why. One transaction."""
         self.get(con, version)
+        previous = self.champion(con)
         with transaction(con):
             con.execute("UPDATE model_registry SET status = 'retired' WHERE status = 'champion'")
             con.execute("UPDATE model_registry SET status = 'champion' WHERE version = ?", [version])
+            con.execute("INSERT INTO champion_history VALUES (?, ?, ?, ?, ?)",
+                        [version, now or datetime.now(timezone.utc), promoted_by,
+                         previous.version if previous else None, reason])
+
+    def gate_verdict(self, con: duckdb.DuckDBPyConnection, version: str) -> tuple[bool, str] | None:
+        """(promoted, reason) of the gate's decision on `version`, or None if it never judged it."""
+        rows = con.execute("SELECT promoted, reason FROM evaluations WHERE challenger = ?"
+                           " ORDER BY evaluated_at DESC LIMIT 1", [version]).fetchall()
+        return (bool(rows[0][0]), rows[0][1]) if rows else None
+
+    def champion_history(self, con: duckdb.DuckDBPyConnection, version: str) -> list[dict]:
+        """When `version` became champion, by whom, replacing which version, and why (oldest first)."""
+        cursor = con.execute("SELECT since, promoted_by, previous, reason FROM champion_history WHERE version = ?"
+                             " ORDER BY since", [version])
+        return [{"since": since.isoformat(), "promoted_by": by, "previous": previous, "reason": reason}
+                for since, by, previous, reason in cursor.fetchall()]
 
     def reject(self, con: duckdb.DuckDBPyConnection, version: str) -> None:
         con.execute("UPDATE model_registry SET status = 'rejected' WHERE version = ?", [version])

@@ -79,10 +79,13 @@ def recommendations_for(serving_path: Path, stored_user_id: str, k: int) -> list
 
 
 def preview(serving_path: Path, per_user: int = 3, rows: int = 15) -> pl.DataFrame:
-    """The first users' top `per_user` items: what a run shows of the recommendations it published."""
+    """The top `per_user` items of the first lists: what a run shows of what it published. Lists are
+    numbered, not named: Dagster's event log keeps what it is shown forever, and a user's id must
+    be erasable (`rec-pipeline forget`)."""
     with _open(serving_path) as con:
-        return con.sql("SELECT user_id, item_id, rank, round(score, 4) AS score, model_version, reason"
-                       " FROM recommendations WHERE rank <= $per_user ORDER BY user_id, rank LIMIT $rows",
+        return con.sql("SELECT dense_rank() OVER (ORDER BY user_id) AS list, item_id, rank,"
+                       " round(score, 4) AS score, model_version, reason FROM recommendations"
+                       " WHERE rank <= $per_user ORDER BY list, rank LIMIT $rows",
                        params={"per_user": per_user, "rows": rows}).pl()
 
 

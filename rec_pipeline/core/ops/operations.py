@@ -42,7 +42,8 @@ def record_failure(con: duckdb.DuckDBPyConnection, run_id: str, job_name: str, m
 
 def health(con: duckdb.DuckDBPyConnection, now: datetime) -> dict:
     """The age of the published recommendations, the last failed run, the last batch held back by
-    its checks and the last gate decision: why the published lists did (not) change."""
+    its checks, the last file that could not be read and the last gate decision: why the published
+    lists did (not) change."""
     generated = con.execute("SELECT max(generated_at) FROM recommendations").fetchall()[0][0]
     return {
         "recommendations_generated_at": generated.isoformat() if generated else None,
@@ -50,7 +51,10 @@ def health(con: duckdb.DuckDBPyConnection, now: datetime) -> dict:
         "last_failure": _latest(con, "SELECT run_id, job_name, failed_at, message FROM run_failures"
                                      " ORDER BY failed_at DESC LIMIT 1"),
         "last_held_back": _latest(con, "SELECT batch_id, path, landed_at, failed_checks FROM batch_overview"
-                                       " WHERE quality_status = 'failed' ORDER BY landed_at DESC LIMIT 1"),
+                                       " WHERE status = 'landed' AND quality_status = 'failed'"
+                                       " ORDER BY landed_at DESC LIMIT 1"),
+        "last_unreadable_file": _latest(con, "SELECT batch_id, path, landed_at, reason FROM ingested_files"
+                                             " WHERE status = 'failed' ORDER BY landed_at DESC LIMIT 1"),
         "last_gate_decision": _latest(con, "SELECT challenger, evaluated_at, promoted, reason FROM evaluations"
                                            " ORDER BY evaluated_at DESC LIMIT 1"),
     }
