@@ -4,6 +4,7 @@ a helper that writes input files and a local webhook endpoint."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -15,6 +16,12 @@ import pytest
 from rec_pipeline.core.ops.warehouse import Warehouse
 
 FIXED_NOW = datetime(2024, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+# A shell without job control starts background commands (`.ci/run &`) with SIGINT ignored, and every
+# child inherits that: the tests that stop `dagster dev` or a waiting command with Ctrl-C need it
+# delivered, so the suite restores the default before it starts any.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
